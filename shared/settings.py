@@ -1,0 +1,121 @@
+"""Every DepthFleet setting, read from ``DEPTHFLEET_*`` environment variables in one place.
+
+Nothing else in the code base reads the environment: components receive a ``Settings``
+object, which keeps tests hermetic (build one with ``Settings.from_env({...})``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+OFFICIAL_WEIGHTS_URL = (
+    "https://github.com/isl-org/MiDaS/releases/download/v2_1/midas_v21_small_256.pt"
+)
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MAX_UPLOAD_MB = 1024
+
+
+class SettingsError(ValueError):
+    """A ``DEPTHFLEET_*`` variable holds a value we cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 1) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _api_keys(raw: str) -> dict[str, str]:
+    """Parse ``tenant:key,tenant:key`` into ``{key: tenant}``."""
+    keys: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        tenant, sep, key = pair.partition(":")
+        if not sep or not tenant or not key:
+            raise SettingsError("DEPTHFLEET_API_KEYS must look like 'tenant:key,tenant:key'")
+        if not tenant.replace("-", "").replace("_", "").isalnum():
+            raise SettingsError(f"tenant name {tenant!r} may hold only letters, digits, - and _")
+        keys[key] = tenant
+    return keys
+
+
+def _tenant_sources(raw: str) -> dict[str, tuple[str, ...]]:
+    """Parse ``tenant=s3://bucket/prefix/|s3://other/;tenant2=...`` into allowed source prefixes."""
+    sources: dict[str, tuple[str, ...]] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(";"))):
+        tenant, sep, prefixes = entry.partition("=")
+        if not sep:
+            raise SettingsError("DEPTHFLEET_TENANT_SOURCES must look like 'tenant=s3://b/p/|s3://b2/'")
+        sources[tenant.strip()] = tuple(p.strip() for p in prefixes.split("|") if p.strip())
+    return sources
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of the environment; see CONTRACT.md and the README's settings table."""
+
+    redis_url: str | None = None
+    storage_url: str | None = None
+    s3_endpoint: str | None = None
+    weights: str = OFFICIAL_WEIGHTS_URL
+    weights_sha256: str | None = None
+    threads: int | None = None
+    api_keys: Mapping[str, str] = field(default_factory=dict)
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    cache_dir: Path = Path.home() / ".cache" / "depthfleet"
+    backend: str = "onnxruntime"
+    max_queued_items: int = 250_000
+    job_ttl_days: int = 30
+    presign_seconds: int = 300
+    items_per_task: int = 8
+    tenant_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: ``os.environ``); raises ``SettingsError``."""
+        env = os.environ if env is None else env
+        base = cls()
+        sha = env.get("DEPTHFLEET_WEIGHTS_SHA256", "").strip().lower() or None
+        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+            raise SettingsError("DEPTHFLEET_WEIGHTS_SHA256 must be 64 hex digits")
+        backend = env.get("DEPTHFLEET_BACKEND", base.backend).strip().lower()
+        if backend not in ("onnxruntime", "torch"):
+            raise SettingsError("DEPTHFLEET_BACKEND must be 'onnxruntime' or 'torch'")
+        return cls(
+            redis_url=env.get("DEPTHFLEET_REDIS_URL", "").strip() or None,
+            storage_url=env.get("DEPTHFLEET_STORAGE_URL", "").strip() or None,
+            s3_endpoint=env.get("DEPTHFLEET_S3_ENDPOINT", "").strip() or None,
+            weights=env.get("DEPTHFLEET_WEIGHTS", "").strip() or base.weights,
+            weights_sha256=sha,
+            threads=_int(env, "DEPTHFLEET_THREADS", None),
+            api_keys=_api_keys(env.get("DEPTHFLEET_API_KEYS", "")),
+            max_upload_mb=_int(env, "DEPTHFLEET_MAX_UPLOAD_MB", base.max_upload_mb),
+            max_pixels=_int(env, "DEPTHFLEET_MAX_PIXELS", base.max_pixels),
+            cache_dir=Path(env.get("DEPTHFLEET_CACHE_DIR", "").strip() or base.cache_dir),
+            backend=backend,
+            max_queued_items=_int(env, "DEPTHFLEET_MAX_QUEUED_ITEMS", base.max_queued_items),
+            job_ttl_days=_int(env, "DEPTHFLEET_JOB_TTL_DAYS", base.job_ttl_days),
+            presign_seconds=_int(env, "DEPTHFLEET_PRESIGN_SECONDS", base.presign_seconds, 10),
+            items_per_task=_int(env, "DEPTHFLEET_ITEMS_PER_TASK", base.items_per_task),
+            tenant_sources=_tenant_sources(env.get("DEPTHFLEET_TENANT_SOURCES", "")),
+            log_level=env.get("DEPTHFLEET_LOG_LEVEL", base.log_level).strip().upper(),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (for the CLI's embedded defaults and tests)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
