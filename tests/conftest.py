@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -65,3 +70,104 @@ def photos_manifest() -> list[dict]:
 @pytest.fixture(scope="session")
 def bad_manifest() -> list[dict]:
     return load_manifest(BAD_DIR)
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    """A real S3 API server (moto) on loopback, with its access log."""
+
+    endpoint: str
+    log: Path
+
+    def request_count(self, method: str, path: str, timeout: float = 5.0) -> int:
+        """How many ``method path`` requests the server logged, e.g. ``("GET", "/bucket/key")``.
+
+        The server logs a request just after answering it, so this waits up to ``timeout``
+        for the first matching line.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.log.read_text(errors="replace").count(f"{method} {path} HTTP/")
+            if count or time.monotonic() > deadline:
+                return count
+            time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not listen on port {port} within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """``moto_server`` from the venv as a child process for the whole session."""
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process, log)
+        yield MotoServer(f"http://127.0.0.1:{port}", log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(moto_server: MotoServer) -> str:
+    """Endpoint URL of a real S3 server on loopback; create a uniquely named bucket per test."""
+    return moto_server.endpoint
+
+
+@pytest.fixture()
+def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy AWS credentials and region for clients of ``s3_server``; no ~/.aws, no metadata service."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def redis_db_url() -> Iterator[str]:
+    """A database of the machine's real Redis (127.0.0.1:6379), emptied before and after.
+
+    Each test session takes a random database 1..15 so that sessions running side by side on
+    one machine do not share job state or queues.
+    """
+    import random
+
+    import redis
+
+    db = int(os.environ.get("DEPTHFLEET_TEST_REDIS_DB", random.randint(1, 15)))
+    url = f"redis://127.0.0.1:6379/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()

@@ -1,0 +1,96 @@
+"""Export MiDaS small to ONNX, once per machine and checkpoint, for the ONNX Runtime backend.
+
+One model serves every input shape: the height and width axes are dynamic. That is exact
+because the only shape-dependent parts, TensorFlow-style "SAME" padding and the x2 upsampling,
+export as shape arithmetic rather than constants; every export is checked against the torch
+model on two shapes before it is cached.
+
+Workers must not import torch (hundreds of MB, seconds of start-up), so ``exported_onnx`` runs
+the export in a child process: ``python -m depthfleet.shared.model.onnx_export CKPT OUT``.
+Only that child and ``export_onnx`` import torch.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime
+
+from depthfleet.shared.errors import WeightsError
+from depthfleet.shared.model.cachefiles import locked, publish, temporary_path
+from depthfleet.shared.model.weights import ResolvedWeights
+
+if TYPE_CHECKING:
+    import torch
+
+MODULE = "depthfleet.shared.model.onnx_export"
+# Bump when the model code or the export changes, so caches re-export instead of reusing.
+EXPORT_VERSION = 1
+OPSET = 17
+CHECK_SHAPES = ((256, 256), (160, 256))  # 1:1 and 3:2 photos
+CHECK_TOLERANCE = 1e-4  # of the output range; faithful fp32 runtimes stay within 2e-6
+
+
+def exported_onnx(weights: ResolvedWeights, cache_dir: Path) -> Path:
+    """The cached ONNX model for ``weights``, exporting it in a child process if needed."""
+    target = cache_dir / "onnx" / f"midas_small-{weights.sha256}-v{EXPORT_VERSION}.onnx"
+    with locked(target.parent / ".lock"):
+        if not target.is_file():
+            command = [sys.executable, "-m", MODULE, str(weights.path), str(target)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise WeightsError(f"ONNX export of {weights.path} failed:\n{done.stderr[-2000:]}")
+    return target
+
+
+def export_onnx(checkpoint: Path, target: Path) -> None:
+    """Export, check against torch, then atomically publish ``target``."""
+    import torch
+
+    from depthfleet.shared.model.midas_small import build_midas_small
+
+    model = build_midas_small(checkpoint)
+    with temporary_path(target.parent, suffix=".onnx") as partial:
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, *CHECK_SHAPES[0]),),
+            str(partial),
+            dynamo=False,  # the TorchScript exporter needs no onnxscript and exports exactly
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=["depth"],
+            dynamic_axes={"image": {2: "height", 3: "width"}, "depth": {1: "height", 2: "width"}},
+        )
+        _check_against_torch(model, partial)
+        publish(partial, target)
+
+
+def _check_against_torch(model: torch.nn.Module, onnx_path: Path) -> None:
+    import torch
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for height, width in CHECK_SHAPES:
+        x = rng.standard_normal((1, 3, height, width), dtype=np.float32)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = session.run(None, {"image": x})[0]
+        error = np.abs(got - expected).max() / max(np.ptp(expected), 1e-12)
+        if error > CHECK_TOLERANCE:
+            raise RuntimeError(f"ONNX export differs from torch at {height}x{width}: {error:.1e}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(f"usage: python -m {MODULE} CHECKPOINT OUT.onnx", file=sys.stderr)
+        return 2
+    export_onnx(Path(argv[0]), Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

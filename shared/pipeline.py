@@ -1,0 +1,167 @@
+"""Photo -> depth, as the official MiDaS v2.1 small pipeline computes it, on any backend.
+
+Official steps (``run.py`` with hub's ``small_transform``): RGB / 255, keep-aspect cubic resize
+to fit 256x256 with sides multiple of 32, ImageNet normalization, CHW; forward; bicubic
+upsampling to the photo's size. Every step here matches it within 2e-6 of the output range
+(tests compare with reference outputs at 1e-4; semantic slips land at 1e-2 or worse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from depthfleet.shared.model.backends import OnnxRuntimeBackend, TorchBackend
+from depthfleet.shared.model.onnx_export import exported_onnx
+from depthfleet.shared.model.weights import ResolvedWeights, resolve_weights
+from depthfleet.shared.settings import Settings
+
+NETWORK_SIDE = 256
+MULTIPLE = 32
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+SCALE, OFFSET = 1 / (255 * STD), MEAN / STD  # (x / 255 - mean) / std == x * SCALE - OFFSET
+CUBIC_A = np.float32(-0.75)  # OpenCV's INTER_CUBIC kernel (torch's bicubic uses the same)
+
+
+class Backend(Protocol):
+    """Runs the network: normalized (1, 3, h, w) float32 -> (h, w) float32 inverse depth."""
+
+    name: str
+    weights_sha256: str  # which checkpoint: results from different weights must not mix
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One photo's arrays, named like the parity fixtures' ``.npz`` files."""
+
+    input: np.ndarray  # (1, 3, h, w) float32, what the network saw
+    net_output: np.ndarray  # (h, w) float32
+    depth: np.ndarray  # (H, W) float32, relative inverse depth at the output size
+
+
+class DepthEstimator:
+    """The whole pipeline around one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def predict(self, rgb: np.ndarray, max_side: int | None = None) -> Prediction:
+        """Depth for an (H, W, 3) uint8 RGB photo, at its size or capped to ``max_side``."""
+        x = prepare_input(rgb)
+        net_output = self.backend(x)
+        size = output_size(rgb.shape[0], rgb.shape[1], max_side)
+        return Prediction(x, net_output, upsample(net_output, size))
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a machine needs on disk before a process can build its backend."""
+
+    weights: ResolvedWeights
+    onnx: Path | None  # the exported model, for the onnxruntime backend
+
+
+def prepare_model_files(settings: Settings) -> ModelFiles:
+    """Fetch and verify the weights and export the ONNX model if needed, without importing torch.
+
+    The slow, once-per-machine part of ``load_backend``: a parent process runs it before
+    forking workers, whose ``load_backend`` then only finds the files in the cache.
+    """
+    weights = resolve_weights(settings)
+    onnx = exported_onnx(weights, settings.cache_dir) if settings.backend == "onnxruntime" else None
+    return ModelFiles(weights, onnx)
+
+
+def load_backend(settings: Settings, threads: int) -> Backend:
+    """``settings.backend`` on the verified weights, with ``threads`` (>= 1) intra-op threads."""
+    files = prepare_model_files(settings)
+    if files.onnx is None:
+        return TorchBackend(files.weights.path, threads, files.weights.sha256)
+    return OnnxRuntimeBackend(files.onnx, threads, files.weights.sha256)
+
+
+def network_size(width: int, height: int) -> tuple[int, int]:
+    """(w, h) of the network input: the official "upper_bound" keep-aspect fit into 256x256.
+
+    Both sides are scaled by the same factor, then rounded to the nearest multiple of 32, half
+    to even like the official ``np.round`` (1920x1080 gives 256x128, not 256x160). The official
+    "round down if above 256" never applies: a side scaled to at most 256 cannot round above it.
+    Deviation: each side is at least 32; the official code computes 0 for very elongated
+    photos (4000x40) and crashes in the resize.
+    """
+    scale = min(NETWORK_SIDE / width, NETWORK_SIDE / height)
+    return _nearest_multiple(width * scale), _nearest_multiple(height * scale)
+
+
+def _nearest_multiple(side: float) -> int:
+    return max(MULTIPLE, round(side / MULTIPLE) * MULTIPLE)  # round(): half to even
+
+
+def prepare_input(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> normalized (1, 3, h, w) float32 network input."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+    size = network_size(rgb.shape[1], rgb.shape[0])
+    x = resize_cubic(rgb, size)
+    x = x * SCALE - OFFSET
+    return np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+
+
+def resize_cubic(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(rgb.astype(float32), size, INTER_CUBIC)`` converting only the rows it reads.
+
+    The official path turns the whole photo into floats first: 12 MP of them cost more than
+    the network. Cubic interpolation without antialiasing reads 4 source rows per output row,
+    so we gather those rows (uint8), convert them, let OpenCV resize them horizontally, and
+    blend each group of 4 with OpenCV's own vertical weights. 12 MP -> 256x192: 8 ms instead
+    of 20 ms (float32 first) or 49 ms (official float64); within 3e-7 of the official result.
+    """
+    width, height = size
+    rows, weights = _cubic_taps(rgb.shape[0], height)  # (4, height) each
+    gathered = rgb.take(rows.ravel(), axis=0).astype(np.float32)
+    # A vertical scale of exactly 1 makes OpenCV's vertical pass an exact identity.
+    gathered = cv2.resize(gathered, (width, 4 * height), interpolation=cv2.INTER_CUBIC)
+    return np.einsum("ihwc,ih->hwc", gathered.reshape(4, height, width, 3), weights)
+
+
+def _cubic_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights, each (4, dst), of OpenCV's INTER_CUBIC along one axis.
+
+    Same arithmetic as OpenCV: float32 source coordinates (i + 0.5) * src / dst - 0.5, the
+    Keys kernel with a = -0.75, the 4th weight as 1 minus the others, borders replicated.
+    """
+    position = ((np.arange(dst) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    start = np.floor(position)
+    t = position - start
+    a = CUBIC_A
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    weights = np.stack([w0, w1, w2, 1 - w0 - w1 - w2])
+    indices = np.clip(start.astype(np.intp) + np.arange(-1, 3)[:, None], 0, src - 1)
+    return indices, weights
+
+
+def output_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(H, W) of the depth map: the photo's, or scaled so the longer side is ``max_side``."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def upsample(net_output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic (align_corners=False) to ``size`` = (H, W).
+
+    OpenCV's INTER_CUBIC is within 1.9e-6 of the range of the official torch interpolate and
+    about 17x faster (7 ms instead of 122 ms to 12 MP).
+    """
+    height, width = size
+    return cv2.resize(net_output, (width, height), interpolation=cv2.INTER_CUBIC)

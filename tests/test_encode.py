@@ -1,0 +1,228 @@
+"""Artifacts: bit-exact with the official MiDaS writers, readable by OpenCV and Pillow."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PARITY_DIR
+from depthfleet.shared.imaging.encode import (
+    ARTIFACTS,
+    decode_pfm,
+    encode_artifacts,
+    encode_depth_png16,
+    encode_heatmap_png,
+    encode_pfm,
+    normalize,
+)
+from depthfleet.shared.imaging.png import IDAT_CHUNK_BYTES, encode_png
+
+PARITY_NAMES = ("astronaut", "coffee", "chelsea")
+
+
+# --- the official MiDaS code (utils.write_depth, write_pfm, read_pfm), minus the file I/O ---
+
+def official_depth_pixels(depth: np.ndarray, grayscale: bool, bits: int = 2) -> np.ndarray:
+    if not grayscale:
+        bits = 1
+    if not np.isfinite(depth).all():
+        depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
+    depth_min = depth.min()
+    depth_max = depth.max()
+    max_val = (2 ** (8 * bits)) - 1
+    if depth_max - depth_min > np.finfo("float").eps:
+        out = max_val * (depth - depth_min) / (depth_max - depth_min)
+    else:
+        out = np.zeros(depth.shape, dtype=depth.dtype)
+    if not grayscale:
+        out = cv2.applyColorMap(np.uint8(out), cv2.COLORMAP_INFERNO)
+    return out.astype("uint8") if bits == 1 else out.astype("uint16")
+
+
+def official_pfm(image: np.ndarray, scale: float = 1) -> bytes:
+    image = np.flipud(image)
+    endian = image.dtype.byteorder
+    if endian == "<" or endian == "=" and sys.byteorder == "little":
+        scale = -scale
+    return b"Pf\n" + b"%d %d\n" % (image.shape[1], image.shape[0]) + b"%f\n" % scale \
+        + image.tobytes()
+
+
+def official_read_pfm(data: bytes) -> np.ndarray:
+    file = io.BytesIO(data)
+    assert file.readline().rstrip().decode("ascii") == "Pf"
+    dim_match = re.match(r"^(\d+)\s(\d+)\s$", file.readline().decode("ascii"))
+    assert dim_match
+    width, height = map(int, dim_match.groups())
+    scale = float(file.readline().decode("ascii").rstrip())
+    endian = "<" if scale < 0 else ">"
+    pixels = np.frombuffer(file.read(), endian + "f")  # official: np.fromfile(file, ...)
+    return np.flipud(np.reshape(pixels, (height, width)))
+
+
+# --- inputs ---
+
+def parity_depth(name: str) -> np.ndarray:
+    """A real prediction at photo size, as the pipeline hands it over."""
+    return np.load(PARITY_DIR / f"{name}.npz")["depth"]
+
+
+def ramp_with_every_level() -> np.ndarray:
+    """Reaches every 8-bit level and both ends exactly."""
+    return np.linspace(-2.5, 7.0, 4096, dtype=np.float32).reshape(64, 64)
+
+
+def with_non_finite(depth: np.ndarray) -> np.ndarray:
+    damaged = depth.copy()
+    damaged[0, :3] = np.nan, np.inf, -np.inf
+    return damaged
+
+
+DEPTHS = {
+    **{name: parity_depth(name) for name in PARITY_NAMES},
+    "ramp": ramp_with_every_level(),
+    "non_finite": with_non_finite(parity_depth("coffee")),
+    "constant": np.full((7, 5), 0.75, np.float32),
+    "single_pixel": np.ones((1, 1), np.float32),
+}
+depth_cases = pytest.mark.parametrize("depth", list(DEPTHS.values()), ids=list(DEPTHS))
+
+
+def read_cv2(data: bytes, flags: int) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+
+
+def read_pillow(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+# --- depth.png ---
+
+@depth_cases
+def test_depth_png_holds_the_official_16_bit_pixels(depth: np.ndarray) -> None:
+    png = encode_depth_png16(depth)
+    official = official_depth_pixels(depth, grayscale=True)
+    np.testing.assert_array_equal(read_cv2(png, cv2.IMREAD_UNCHANGED), official)
+    np.testing.assert_array_equal(read_pillow(png), official)
+
+
+@depth_cases
+def test_depth_png_is_within_one_step_of_the_normalized_depth(depth: np.ndarray) -> None:
+    stored = read_cv2(encode_depth_png16(depth), cv2.IMREAD_UNCHANGED) / 65535
+    assert np.abs(stored - normalize(depth)).max() <= 1 / 65535 + 1e-7  # + float32 rounding
+
+
+# --- heatmap.png ---
+
+@depth_cases
+def test_heatmap_is_opencv_inferno_in_rgb_order(depth: np.ndarray) -> None:
+    png = encode_heatmap_png(depth)
+    official_bgr = official_depth_pixels(depth, grayscale=False)
+    np.testing.assert_array_equal(read_cv2(png, cv2.IMREAD_UNCHANGED), official_bgr)
+    np.testing.assert_array_equal(read_pillow(png), official_bgr[:, :, ::-1])
+
+
+def test_heatmap_colours_near_bright_and_far_dark() -> None:
+    rgb = read_pillow(encode_heatmap_png(ramp_with_every_level()))
+    assert rgb[0, 0].tolist() == [0, 0, 4] and rgb[-1, -1].tolist() == [252, 255, 164]
+
+
+# --- depth.pfm ---
+
+@depth_cases
+def test_pfm_is_byte_identical_to_write_pfm(depth: np.ndarray) -> None:
+    assert encode_pfm(depth) == official_pfm(depth)
+
+
+@depth_cases
+def test_pfm_round_trips_exactly(depth: np.ndarray) -> None:
+    pfm = encode_pfm(depth)
+    for decoded in (decode_pfm(pfm), read_cv2(pfm, cv2.IMREAD_UNCHANGED), official_read_pfm(pfm)):
+        assert decoded.dtype == np.float32
+        np.testing.assert_array_equal(decoded, depth)
+
+
+def test_pfm_header_is_the_official_layout() -> None:
+    assert encode_pfm(np.zeros((2, 3), np.float32)).startswith(b"Pf\n3 2\n-1.000000\n")
+
+
+def test_decode_pfm_reads_big_endian_and_colour() -> None:
+    colour = np.arange(24, dtype=">f4").reshape(2, 4, 3)
+    data = b"PF\n4 2\n1.0\n" + colour[::-1].tobytes()
+    np.testing.assert_array_equal(decode_pfm(data), colour)
+
+
+@pytest.mark.parametrize("data", [b"", b"P6\n4 2\n255\n", b"Pf\n4 2\n-1.0\n" + b"\0" * 31])
+def test_decode_pfm_rejects_what_is_not_a_whole_pfm(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_pfm(data)
+
+
+# --- normalisation edge cases ---
+
+def test_constant_depth_gives_zeros() -> None:
+    depth = DEPTHS["constant"]
+    assert not normalize(depth).any()
+    assert not read_pillow(encode_depth_png16(depth)).any()
+
+
+def test_non_finite_values_count_as_zero() -> None:
+    depth = np.array([[np.nan, 1.0], [np.inf, 3.0]], np.float32)
+    np.testing.assert_array_equal(normalize(depth), np.array([[0, 1 / 3], [0, 1]], np.float32))
+
+
+# --- the PNG writer itself ---
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (33, 17), (33, 17, 3)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_png_writer_round_trips_through_opencv_and_pillow(shape: tuple, dtype: type) -> None:
+    pixels = np.random.default_rng(len(shape)).integers(0, np.iinfo(dtype).max + 1, shape,
+                                                        dtype=dtype)
+    png = encode_png(pixels)
+    from_cv2 = read_cv2(png, cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(from_cv2 if pixels.ndim == 2 else from_cv2[:, :, ::-1], pixels)
+    if dtype == np.uint8 or pixels.ndim == 2:  # Pillow reduces 48-bit RGB to 8 bits
+        np.testing.assert_array_equal(read_pillow(png), pixels)
+
+
+def test_png_writer_splits_large_streams_into_several_idat_chunks() -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8)
+    png = encode_png(noise)
+    assert png.count(b"IDAT") > len(png) // IDAT_CHUNK_BYTES
+    np.testing.assert_array_equal(read_pillow(png), noise)
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((2, 2), np.float32), np.zeros((2, 2, 4), np.uint8)],
+                         ids=["float", "rgba"])
+def test_png_writer_refuses_what_it_cannot_write(pixels: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        encode_png(pixels)
+
+
+# --- the registry ---
+
+def test_artifacts_are_registered_under_their_contract_names() -> None:
+    assert {(a.name, a.filename, a.content_type) for a in ARTIFACTS.values()} == {
+        ("depth_png", "depth.png", "image/png"),
+        ("depth_pfm", "depth.pfm", "image/x-portable-floatmap"),
+        ("heatmap_png", "heatmap.png", "image/png"),
+    }
+
+
+def test_encode_artifacts_encodes_what_is_asked_deterministically() -> None:
+    depth = parity_depth("chelsea")
+    everything = encode_artifacts(depth)
+    assert list(everything) == list(ARTIFACTS)
+    assert encode_artifacts(depth.copy()) == everything
+    assert encode_artifacts(depth, ["heatmap_png"]) == {"heatmap_png": everything["heatmap_png"]}
+
+
+def test_encode_artifacts_rejects_unknown_names() -> None:
+    with pytest.raises(ValueError, match="depth_jpg"):
+        encode_artifacts(np.ones((2, 2), np.float32), ["depth_jpg"])
