@@ -1,1 +1,28 @@
+"""The HTTP API: a thin Flask app in front of storage, the job store and the task queue.
 
+``create_app`` builds it from a ``Settings`` object; each resource has its own blueprint and
+reaches Redis, storage and Celery only through ``services``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from depthfleet.shared.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Application factory (gunicorn: ``depthfleet.api:create_app()``)."""
+    from depthfleet.api import auth, errors, health, jobs, services, uploads, web
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1 << 20  # text fields only; files spool to disk
+    app.json.sort_keys = False
+    services.init_app(app, settings)
+    errors.init_app(app)
+    auth.init_app(app)
+    for blueprint in (health.bp, jobs.bp, uploads.bp, web.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -78,8 +78,12 @@ class Settings:
     job_ttl_days: int = 30
     presign_seconds: int = 300
     items_per_task: int = 8
+    task_time_limit: int = 900
+    visibility_timeout: int = 3600
+    concurrency: int | None = None
     tenant_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     log_level: str = "INFO"
+    client_api_key: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,8 +112,12 @@ class Settings:
             job_ttl_days=_int(env, "DEPTHFLEET_JOB_TTL_DAYS", base.job_ttl_days),
             presign_seconds=_int(env, "DEPTHFLEET_PRESIGN_SECONDS", base.presign_seconds, 10),
             items_per_task=_int(env, "DEPTHFLEET_ITEMS_PER_TASK", base.items_per_task),
+            task_time_limit=_int(env, "DEPTHFLEET_TASK_TIME_LIMIT", base.task_time_limit, 10),
+            visibility_timeout=_int(env, "DEPTHFLEET_VISIBILITY_TIMEOUT", base.visibility_timeout, 10),
+            concurrency=_int(env, "DEPTHFLEET_CONCURRENCY", None),
             tenant_sources=_tenant_sources(env.get("DEPTHFLEET_TENANT_SOURCES", "")),
             log_level=env.get("DEPTHFLEET_LOG_LEVEL", base.log_level).strip().upper(),
+            client_api_key=env.get("DEPTHFLEET_API_KEY", "").strip() or None,
         )
 
     def with_(self, **changes: object) -> Settings:

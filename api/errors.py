@@ -1,0 +1,50 @@
+"""Every error leaves the API as ``{"error": {"code", "message"}}`` with a fitting status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from depthfleet.shared.errors import DepthFleetError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 30
+
+
+def error_response(code: str, message: str, status: int) -> Response:
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    if status in (429, 503):
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _snake(name: str) -> str:
+    return "_".join(name.lower().split())
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(DepthFleetError)
+    def _ours(exc: DepthFleetError) -> Response:
+        return error_response(exc.code, exc.message, exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = "file_too_large" if exc.code == 413 else _snake(exc.name)
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = "the request body is larger than DEPTHFLEET_MAX_UPLOAD_MB allows"
+        return error_response(code, message, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        import redis
+
+        if isinstance(exc, redis.RedisError):
+            log.warning("job store unavailable: %s", exc)
+            return error_response("unavailable", "the job store is unreachable; try again", 503)
+        log.exception("unhandled error")
+        return error_response("internal_error", "internal error", 500)

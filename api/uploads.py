@@ -1,0 +1,57 @@
+"""``/v1/uploads``: content-addressed uploads, so clients can resume without re-sending bytes.
+
+A client asks which of its files' sha256 digests are missing, ``PUT``s those, then creates a
+job naming the digests (``{"uploads": [{"name", "sha256"}]}``). Uploads are per tenant: a
+digest only ever refers to the caller's own bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from flask import Blueprint, request
+
+from depthfleet.api import services
+from depthfleet.api.auth import current_tenant
+from depthfleet.shared import layout
+from depthfleet.shared.errors import InputError
+
+bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_CHECK = 5000
+
+
+def valid_digest(digest: object) -> str:
+    if not isinstance(digest, str) or not SHA256.match(digest):
+        raise InputError("invalid_digest", "sha256 digests are 64 lowercase hex digits")
+    return digest
+
+
+@bp.post("/check")
+def check() -> dict[str, list[str]]:
+    body = request.get_json(silent=True) or {}
+    digests = body.get("sha256")
+    if not isinstance(digests, list) or len(digests) > MAX_CHECK:
+        raise InputError("invalid_request", f"send {{'sha256': [...]}} with at most {MAX_CHECK}")
+    storage, tenant = services.storage(), current_tenant()
+    missing = [d for d in map(valid_digest, digests)
+               if not storage.exists(layout.input_key(tenant, d))]
+    return {"missing": missing}
+
+
+@bp.put("/<digest>")
+def put(digest: str) -> tuple[dict[str, object], int]:
+    valid_digest(digest)
+    data = request.get_data(cache=False)
+    if not data:
+        raise InputError("empty_file", "the upload is empty")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digest:
+        raise InputError("digest_mismatch", f"the body's sha256 is {actual}, not {digest}")
+    key = layout.input_key(current_tenant(), digest)
+    storage = services.storage()
+    if not storage.exists(key):
+        storage.put(key, data)
+    return {"sha256": digest, "size": len(data)}, 201

@@ -1,0 +1,136 @@
+"""What each ``depthfleet`` command does; ``cli`` parses, this module acts.
+
+Each handler takes (args, settings, options) and returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from depthfleet.shared.settings import Settings
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _exit_status(failed: int) -> int:
+    return 0 if failed == 0 else 1
+
+
+def predict(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.predict import predict as run_predict
+
+    failed = run_predict(args.paths, args.out, settings, threads=args.threads or _cores(),
+                         max_side=options.get("max_side"), outputs=options.get("outputs"))
+    print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
+    return _exit_status(failed)
+
+
+def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.client import Client
+    from depthfleet.local import local_system
+    from depthfleet.outputs import OutputFolder, find_inputs
+    from depthfleet.results import Collector
+
+    source_root = args.dir.resolve()
+    inputs = find_inputs([source_root])
+    folder = OutputFolder(args.out)
+    todo = [inp for inp in inputs if not folder.is_done(inp.name)]
+    print(f"depthfleet: {len(inputs)} images under {args.dir}, {len(inputs) - len(todo)} already "
+          f"done", file=sys.stderr)
+    if todo:
+        workers = args.workers or settings.concurrency or _cores()
+        threads = args.threads or settings.threads or max(1, _cores() // workers)
+        root_url = source_root.as_uri() + "/"
+        local = settings.with_(tenant_sources={**settings.tenant_sources, "local": (root_url,)})
+        name_of = {inp.path.resolve().as_uri(): inp.name for inp in todo}
+        with local_system(local, args.out / ".depthfleet", workers, threads) as system:
+            client = Client(system.api_url)
+            job = client.submit_json({"keys": list(name_of), "options": options})
+            Collector(client, job["id"], folder, lambda item: name_of[item["name"]]).run()
+    folder.finalize([inp.name for inp in inputs])
+    failed = sum(1 for inp in inputs if not folder.is_done(inp.name))
+    print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
+    return _exit_status(failed)
+
+
+def submit(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.submit import submit_paths
+
+    return submit_paths(args.paths, args.server, _api_key(args, settings), settings, options,
+                        wait=args.wait, out=args.out)
+
+
+def status(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.client import Client
+
+    body = Client(args.server, _api_key(args, settings)).status(args.job)
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def fetch(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.client import Client
+    from depthfleet.outputs import OutputFolder
+    from depthfleet.results import Collector
+
+    folder = OutputFolder(args.out)
+    collector = Collector(Client(args.server, _api_key(args, settings)), args.job, folder,
+                          lambda item: item["name"])
+    collector.run(desc="fetch")
+    return _exit_status(collector.failed)
+
+
+def weights(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.shared.errors import WeightsError
+    from depthfleet.shared.model.weights import resolve_weights
+
+    try:
+        found = resolve_weights(settings)
+    except WeightsError as exc:
+        print(f"depthfleet: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"path    {found.path}\nsha256  {found.sha256}\nsource  {found.source}")
+    return 0
+
+
+def api(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    """Exec gunicorn (threads absorb slow uploads; no per-request state is kept in memory)."""
+    if not settings.api_keys and args.host not in ("127.0.0.1", "::1", "localhost"):
+        print("depthfleet: no DEPTHFLEET_API_KEYS set, so only loopback clients will be served",
+              file=sys.stderr)
+    os.execv(sys.executable, [
+        sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+        "--workers", str(args.processes), "--worker-class", "gthread", "--threads", "8",
+        "--timeout", "600", "--graceful-timeout", "30", "--access-logfile", "-",
+        "depthfleet.api:create_app()",
+    ])
+    return 1  # not reached
+
+
+def worker(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    """Exec a Celery worker: N pool processes x T threads, pinned through the environment."""
+    concurrency = args.concurrency or settings.concurrency or _cores()
+    threads = args.threads or settings.threads or max(1, _cores() // concurrency)
+    os.environ.update({"DEPTHFLEET_CONCURRENCY": str(concurrency),
+                       "DEPTHFLEET_THREADS": str(threads)})
+    os.environ.update({name: str(threads) for name in THREAD_ENV})
+    os.execv(sys.executable, [
+        sys.executable, "-m", "celery", "-A", "depthfleet.worker.app", "worker",
+        "--concurrency", str(concurrency), "--pool", "prefork", "--queues", "depthfleet",
+        "--hostname", f"worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+        "--loglevel", settings.log_level,
+    ])
+    return 1  # not reached
+
+
+def _api_key(args: argparse.Namespace, settings: Settings) -> str | None:
+    return args.api_key or settings.client_api_key

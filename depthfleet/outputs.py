@@ -1,0 +1,118 @@
+"""The output folder of ``predict``, ``run`` and ``fetch``: artifacts per input plus a manifest.
+
+Layout: ``OUT/<relative path minus extension>.depth.png`` (and ``.depth.pfm``,
+``.heatmap.png``) and ``OUT/manifest.jsonl``, one line per input in input order. Lines are
+appended as items finish, so an interrupted run keeps its progress and a rerun skips every
+input whose line says succeeded and whose artifacts are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from depthfleet.shared.imaging.encode import ARTIFACTS
+
+MANIFEST = "manifest.jsonl"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp",
+                  ".gif", ".heic", ".heif"}
+
+
+@dataclass(frozen=True)
+class Input:
+    """A local input file and the name it has in outputs (its path relative to the input root)."""
+
+    path: Path
+    name: str
+
+
+def find_inputs(paths: Iterable[Path]) -> list[Input]:
+    """Files named directly are taken as they are; folders contribute their images, sorted."""
+    found: list[Input] = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = file.relative_to(path)
+                if file.suffix.lower() in IMAGE_SUFFIXES and not _hidden(rel):
+                    found.append(Input(file, rel.as_posix()))
+        elif path.is_file():
+            found.append(Input(path, path.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def artifact_path(name: str, artifact: str) -> str:
+    """``a/b.jpg`` + ``depth_png`` -> ``a/b.depth.png`` (relative to OUT)."""
+    stem = name.rsplit(".", 1)[0] if "." in Path(name).name else name
+    return f"{stem}.{ARTIFACTS[artifact].filename}"
+
+
+class OutputFolder:
+    """Writes artifacts and manifest lines; knows which inputs are already done."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest = root / MANIFEST
+        self.records: dict[str, dict[str, Any]] = dict(self._read_manifest())
+
+    def _read_manifest(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.manifest.exists():
+            return
+        for line in self.manifest.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+            yield record["name"], record
+
+    def is_done(self, name: str) -> bool:
+        record = self.records.get(name)
+        return bool(record) and record["status"] == "succeeded" and all(
+            (self.root / rel).is_file() for rel in record["artifacts"].values())
+
+    def write_artifact(self, name: str, artifact: str, data: bytes) -> str:
+        rel = artifact_path(name, artifact)
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, target)
+        return rel
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Remember one finished input and append its line (durable progress)."""
+        self.records[record["name"]] = record
+        with self.manifest.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def finalize(self, order: list[str]) -> None:
+        """Rewrite the manifest: one line per input, in input order, latest outcome only."""
+        lines = [json.dumps({**self.records[name], "index": i})
+                 for i, name in enumerate(order) if name in self.records]
+        tmp = self.manifest.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.manifest)
+
+
+def manifest_record(index: int, name: str, status: str, error: dict[str, str] | None = None,
+                    summary: dict[str, Any] | None = None,
+                    artifacts: dict[str, str] | None = None) -> dict[str, Any]:
+    """A manifest line with the fields of an API item; artifacts are paths relative to OUT."""
+    summary = summary or {}
+    return {
+        "index": index, "name": name, "status": status,
+        "width": summary.get("width"), "height": summary.get("height"), "error": error,
+        "depth_min": summary.get("depth_min"), "depth_max": summary.get("depth_max"),
+        "artifacts": artifacts or {},
+    }

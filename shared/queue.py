@@ -1,0 +1,64 @@
+"""Celery, configured in one place for both sides: the API sends tasks by name, workers run them.
+
+Delivery is at-least-once: a task is acknowledged only after it finished (``acks_late``), a
+task whose pool process died is requeued (``task_reject_on_worker_lost``), and a task held by
+a worker that vanished returns to the queue after ``visibility_timeout``. Tasks are idempotent
+(items in a terminal state are skipped, outputs have deterministic keys), so running one twice
+is harmless. Celery's result backend is not used: job state lives in ``shared.jobs``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from depthfleet.shared.settings import Settings
+
+QUEUE = "depthfleet"
+PROCESS_ITEMS = "depthfleet.process_items"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app for ``settings``: broker on Redis, no result backend, late acks."""
+    if not settings.redis_url:
+        raise ValueError("DEPTHFLEET_REDIS_URL is not set")
+    app = Celery("depthfleet", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit + 60,
+        task_soft_time_limit=settings.task_time_limit,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+            "retry_on_timeout": True,
+            "health_check_interval": 30,
+        },
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_soft_shutdown_timeout=30.0,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -> int:
+    """Send the job's items as tasks of ``per_task`` items; call only after the job is stored."""
+    sent = 0
+    with app.producer_or_acquire() as producer:
+        for start in range(0, len(indexes), per_task):
+            app.send_task(PROCESS_ITEMS, args=[job_id, indexes[start:start + per_task]],
+                          queue=QUEUE, producer=producer)
+            sent += 1
+    return sent

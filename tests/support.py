@@ -1,0 +1,92 @@
+"""Starting the real system for integration tests: API and Celery workers as separate processes.
+
+Nothing here mocks our own components: the API is the gunicorn process ``depthfleet api``
+starts, workers are ``depthfleet worker`` processes, Redis is the machine's real server and
+storage an S3 server process spoken to over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from depthfleet.local import _spawn, _stop, free_port, wait_until
+
+REDIS_HOST = "127.0.0.1:6379"
+
+
+@dataclass
+class System:
+    """A running deployment: its API URL, its environment and its processes."""
+
+    env: dict[str, str]
+    log_dir: Path
+    api_url: str = ""
+    api: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_api(self, processes: int = 2) -> None:
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}"
+        self.api = _spawn([sys.executable, "-m", "depthfleet.cli", "api", "--port", str(port),
+                           "--processes", str(processes)], self.env, self.log_dir / "api.log")
+        wait_until(lambda: requests.get(f"{self.api_url}/readyz", timeout=2).ok, "API", 60,
+                   self.api)
+
+    def start_worker(self, concurrency: int = 1, threads: int = 1,
+                     extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**self.env, **(extra_env or {})}
+        n = len(self.workers)
+        proc = _spawn([sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency",
+                       str(concurrency), "--threads", str(threads)], env,
+                      self.log_dir / f"worker-{n}.log")
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in [*self.workers, *([self.api] if self.api else [])]:
+            _stop(proc)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def system_env(redis_url: str, storage_url: str, s3_endpoint: str | None, weights: Path,
+               cache_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPTHFLEET_")}
+    env.update({
+        "DEPTHFLEET_REDIS_URL": redis_url,
+        "DEPTHFLEET_STORAGE_URL": storage_url,
+        "DEPTHFLEET_WEIGHTS": str(weights),
+        "DEPTHFLEET_CACHE_DIR": str(cache_dir),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    if s3_endpoint:
+        env["DEPTHFLEET_S3_ENDPOINT"] = s3_endpoint
+    env.update(extra)
+    return env
+
+
+def poll(fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool],
+         timeout: float, interval: float = 0.5) -> dict[str, Any]:
+    """Call ``fetch`` until ``done`` holds for its result; fail with the last result on timeout."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        last = fetch()
+        if done(last):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s; last: {last}")

@@ -1,0 +1,44 @@
+"""The Celery worker: ``depthfleet worker`` or plain ``celery -A depthfleet.worker.app worker``.
+
+The parent process prepares the model files (weights download and verification, ONNX export
+in a subprocess) before forking, so every pool process only has to open them; each pool
+process then loads one warm model with pinned threads in ``worker_process_init``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from celery import Task
+from celery.signals import worker_init, worker_process_init
+
+from depthfleet.shared.pipeline import prepare_model_files
+from depthfleet.shared.queue import PROCESS_ITEMS, make_celery
+from depthfleet.shared.settings import Settings
+from depthfleet.worker import tasks
+from depthfleet.worker.runtime import default_threads, init_runtime
+
+log = logging.getLogger(__name__)
+
+settings = Settings.from_env()
+app = make_celery(settings)
+# Model loading in a pool process can take longer than Celery's 4 s default start-up allowance.
+app.conf.worker_proc_alive_timeout = 60.0
+
+
+@app.task(name=PROCESS_ITEMS, bind=True)
+def process_items(self: Task, job_id: str, indexes: list[int]) -> dict[str, int]:
+    return tasks.process_items(self, job_id, indexes)
+
+
+@worker_init.connect
+def _prepare(sender: object = None, **_: object) -> None:
+    """Parent process, before the fork: fetch and verify weights, export the fast model once."""
+    prepare_model_files(settings)
+
+
+@worker_process_init.connect
+def _load_model(sender: object = None, **_: object) -> None:
+    """Pool process: one warm model with pinned threads, loaded once."""
+    init_runtime(settings, default_threads(settings, settings.concurrency or (os.cpu_count() or 1)))

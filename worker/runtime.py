@@ -1,0 +1,79 @@
+"""Per-process worker state: one warm model, one job store, one storage client.
+
+Built once per pool process (``worker_process_init``), never in the parent before the fork,
+so no process inherits half-initialised thread pools or sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from depthfleet.shared.jobs import JobStore, connect
+from depthfleet.shared.pipeline import DepthEstimator, load_backend
+from depthfleet.shared.settings import Settings
+from depthfleet.shared.sources import SourceReader
+from depthfleet.shared.storage import Storage, open_storage
+
+log = logging.getLogger(__name__)
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    sources: SourceReader
+    estimator: DepthEstimator
+    weights_sha256: str
+    threads: int
+
+
+_runtime: Runtime | None = None
+
+
+def default_threads(settings: Settings, processes: int) -> int:
+    """``DEPTHFLEET_THREADS``, else the cores shared evenly among the pool processes."""
+    if settings.threads:
+        return settings.threads
+    return max(1, (os.cpu_count() or 1) // max(1, processes))
+
+
+def pin_threads(threads: int) -> None:
+    """Cap every native thread pool at ``threads`` (OpenMP, BLAS, OpenCV) in this process."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
+def init_runtime(settings: Settings, threads: int) -> Runtime:
+    """Load the model and open connections for this process (idempotent)."""
+    global _runtime
+    if _runtime is None:
+        started = time.perf_counter()
+        pin_threads(threads)
+        backend = load_backend(settings, threads)
+        _runtime = Runtime(
+            settings=settings,
+            store=JobStore(connect(settings.redis_url or ""), settings.job_ttl_days * 86400),
+            storage=open_storage(settings),
+            sources=SourceReader(settings),
+            estimator=DepthEstimator(backend),
+            weights_sha256=backend.weights_sha256,
+            threads=threads,
+        )
+        log.info("model ready in %.2fs (%s, %d threads)", time.perf_counter() - started,
+                 backend.name, threads)
+    return _runtime
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not initialised: worker_process_init did not run")
+    return _runtime
