@@ -91,10 +91,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
         job_request = ingest.from_multipart(request.files.getlist("file"),
                                             request.form.get("options"), tenant)
     job_id, queued = store.create_job(tenant, job_request.items, job_request.options)
+    accepted = _job_or_404(job_id)  # as committed, before any worker can touch it
     _enqueue(job_id, queued)
     if idempotency_key:
         store.remember_idempotency_key(tenant, idempotency_key, job_id)
-    return _accepted(_job_or_404(job_id))
+    return _accepted(accepted)
 
 
 def _accepted(status: JobStatus) -> tuple[Response, int, dict[str, str]]:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
 
     source_root = args.dir.resolve()
     inputs = find_inputs([source_root])
-    folder = OutputFolder(args.out)
+    folder = OutputFolder(args.out, [inp.name for inp in inputs])
     todo = [inp for inp in inputs if not folder.is_done(inp.name)]
     print(f"depthfleet: {len(inputs)} images under {args.dir}, {len(inputs) - len(todo)} already "
           f"done", file=sys.stderr)

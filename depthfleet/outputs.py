@@ -1,7 +1,9 @@
 """The output folder of ``predict``, ``run`` and ``fetch``: artifacts per input plus a manifest.
 
 Layout: ``OUT/<relative path minus extension>.depth.png`` (and ``.depth.pfm``,
-``.heatmap.png``) and ``OUT/manifest.jsonl``, one line per input in input order. Lines are
+``.heatmap.png``) and ``OUT/manifest.jsonl``, one line per input in input order. Inputs whose
+paths differ only by extension (``cat.jpg``, ``cat.heic``) would overwrite each other, so
+those keep their extension (``cat.jpg.depth.png``, ``cat.heic.depth.png``). Lines are
 appended as items finish, so an interrupted run keeps its progress and a rerun skips every
 input whose line says succeeded and whose artifacts are on disk.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,20 +54,35 @@ def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def artifact_path(name: str, artifact: str) -> str:
-    """``a/b.jpg`` + ``depth_png`` -> ``a/b.depth.png`` (relative to OUT)."""
-    stem = name.rsplit(".", 1)[0] if "." in Path(name).name else name
-    return f"{stem}.{ARTIFACTS[artifact].filename}"
+def _strip_extension(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in Path(name).name else name
+
+
+def output_stems(names: Iterable[str]) -> dict[str, str]:
+    """Each input name's artifact stem: the name minus extension, unless that collides."""
+    names = list(names)
+    counts = Counter(_strip_extension(n) for n in names)
+    return {n: _strip_extension(n) if counts[_strip_extension(n)] == 1 else n for n in names}
 
 
 class OutputFolder:
     """Writes artifacts and manifest lines; knows which inputs are already done."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, names: Iterable[str] = ()) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = root / MANIFEST
         self.records: dict[str, dict[str, Any]] = dict(self._read_manifest())
+        self.stems = output_stems(names)
+
+    def set_names(self, names: Iterable[str]) -> None:
+        """Every input name of the run, so colliding stems can be told apart."""
+        self.stems = output_stems(names)
+
+    def artifact_path(self, name: str, artifact: str) -> str:
+        """``a/b.jpg`` + ``depth_png`` -> ``a/b.depth.png`` (relative to OUT)."""
+        stem = self.stems.get(name) or _strip_extension(name)
+        return f"{stem}.{ARTIFACTS[artifact].filename}"
 
     def _read_manifest(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.manifest.exists():
@@ -82,7 +100,7 @@ class OutputFolder:
             (self.root / rel).is_file() for rel in record["artifacts"].values())
 
     def write_artifact(self, name: str, artifact: str, data: bytes) -> str:
-        rel = artifact_path(name, artifact)
+        rel = self.artifact_path(name, artifact)
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:

@@ -26,7 +26,7 @@ def predict(paths: list[Path], out: Path, settings: Settings, threads: int | Non
     Inputs that failed before are tried again; succeeded ones with artifacts on disk are skipped.
     """
     inputs = find_inputs(paths)
-    folder = OutputFolder(out)
+    folder = OutputFolder(out, [inp.name for inp in inputs])
     todo = [(i, inp) for i, inp in enumerate(inputs) if not folder.is_done(inp.name)]
     failed = 0
     if todo:

@@ -30,6 +30,8 @@ class Collector:
     def run(self, interval: float = 0.5, desc: str = "depth") -> dict[str, Any]:
         """Collect until the job is finished; returns its final status."""
         status = self.client.status(self.job_id)
+        if not self.folder.stems:
+            self.folder.set_names(self.local_name(item) for item in self.client.iter_items(self.job_id))
         with tqdm(total=status["total"], desc=desc, unit="img", dynamic_ncols=True) as bar:
             while True:
                 status = self.client.status(self.job_id)

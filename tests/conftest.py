@@ -51,6 +51,16 @@ def load_manifest(folder: Path) -> list[dict]:
     return json.loads((folder / "manifest.json").read_text())["files"]
 
 
+def allowed_outcomes(entry: dict) -> set[str]:
+    """What a testdata manifest entry allows: ``accept`` and/or ``reject: <code>`` strings."""
+    return {entry["expected"].removesuffix(": first frame"), *entry.get("acceptable_alternatives", [])}
+
+
+def outcome_of(record: dict) -> str:
+    """An item or manifest record in the manifest's terms."""
+    return "accept" if record["status"] == "succeeded" else f"reject: {record['error']['code']}"
+
+
 @pytest.fixture(scope="session")
 def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed-1234 stand-in checkpoint the parity fixtures were computed with."""
