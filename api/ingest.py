@@ -1,27 +1,27 @@
 """Turning a ``POST /v1/jobs`` request into stored inputs and job items.
 
-Every input is sniffed by content (never by name or Content-Type) and checked from its header
-before anything is queued; a bad image inside a batch becomes an item failed with its reason,
-while a single bad upload is refused outright. Accepted bytes are in storage before the
-request returns, so nothing lives only in the API's memory.
+What arrives in the request (images, archives) is stored before the request returns, so
+nothing lives only in the API's memory. What is already in storage and may be huge (a bucket
+prefix, an archive object) is expanded by a worker (``deferred``), so the API stays thin and
+answers at once. A single image upload is decoded fully and refused outright if bad; inside
+a batch, a bad image becomes an item failed with its reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
 from depthfleet.api import services
-from depthfleet.api.archives import ArchiveEntry, archive_kind, iter_archive
 from depthfleet.api.uploads import valid_digest
-from depthfleet.shared import layout, sources
+from depthfleet.shared import ingest, layout, sources
+from depthfleet.shared.archives import archive_kind
 from depthfleet.shared.errors import InputError
-from depthfleet.shared.imaging.decode import decode_image, probe
+from depthfleet.shared.imaging.decode import decode_image
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import NewItem
 
@@ -31,10 +31,11 @@ MAX_SIDE_LIMIT = 16384
 
 @dataclass
 class JobRequest:
-    """What a request asks for: its items (lazily produced) and its options."""
+    """What a request asks for: items now, sources for a worker to expand, and options."""
 
     items: Iterable[NewItem]
     options: dict[str, Any]
+    deferred: list[dict[str, str]] = field(default_factory=list)
 
 
 def parse_options(raw: Any) -> dict[str, Any]:
@@ -58,34 +59,63 @@ def parse_options(raw: Any) -> dict[str, Any]:
     return {"outputs": [o for o in ARTIFACTS if o in outputs], "max_side": max_side}
 
 
+# -- multipart uploads ------------------------------------------------------------------
 def from_multipart(files: list[FileStorage], form_options: str | None, tenant: str) -> JobRequest:
     if not files:
         raise InputError("no_files", "send one or more 'file' parts (images or archives)")
     options = parse_options(form_options)
-    if len(files) == 1:
-        single = _single_image(files[0], tenant)
-        if single is not None:
-            return JobRequest([single], options)
+    if len(files) == 1 and not _is_archive(files[0]):
+        return JobRequest([_single_image(files[0], tenant)], options)
     return JobRequest(_items_from_parts(files, tenant), options)
 
 
+def _is_archive(part: FileStorage) -> bool:
+    head = part.stream.read(SNIFF_BYTES)
+    part.stream.seek(0)
+    return archive_kind(head) is not None
+
+
+def _single_image(part: FileStorage, tenant: str) -> NewItem:
+    """A lone image is decoded fully here, so a bad one is refused with its 4xx code."""
+    data = part.stream.read()
+    decode_image(data, services.settings().max_pixels)
+    return ingest.store_input(services.storage(), tenant, part.filename or "upload", data)
+
+
+def _items_from_parts(files: list[FileStorage], tenant: str) -> Iterator[NewItem]:
+    storage, settings = services.storage(), services.settings()
+    for part in files:
+        if _is_archive(part):
+            yield from ingest.items_from_archive(part.stream, storage, tenant, settings)
+        else:
+            yield ingest.checked_input(storage, tenant, part.filename or "upload",
+                                       part.stream.read(), settings.max_pixels)
+
+
+# -- JSON: objects already in storage ---------------------------------------------------
 def from_json(body: Any, tenant: str) -> JobRequest:
     kinds = [k for k in ("keys", "source", "uploads") if isinstance(body, dict) and k in body]
     if len(kinds) != 1:
         raise InputError("invalid_request",
                          "send JSON with exactly one of 'keys', 'source' or 'uploads'")
     options = parse_options(body.get("options"))
-    settings = services.settings()
     if "uploads" in body:
         return JobRequest(_items_from_uploads(body["uploads"], tenant), options)
-    if "keys" in body:
-        keys = body["keys"]
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-            raise InputError("invalid_request", "'keys' must be a non-empty list of s3:// URLs")
-        urls = [sources.check_allowed(settings, tenant, key) for key in keys]
-        return JobRequest([NewItem(name=url, source=url) for url in urls], options)
-    prefix = sources.check_allowed(settings, tenant, str(body["source"]))
-    return JobRequest(_items_from_source(prefix), options)
+    if "source" in body:
+        prefix = sources.check_allowed(services.settings(), tenant, str(body["source"]))
+        return JobRequest([], options, deferred=[{"kind": "prefix", "url": prefix}])
+    return _from_keys(body["keys"], tenant, options)
+
+
+def _from_keys(keys: Any, tenant: str, options: dict[str, Any]) -> JobRequest:
+    """Images become items now; archive objects are expanded by a worker."""
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise InputError("invalid_request", "'keys' must be a non-empty list of s3:// URLs")
+    urls = [sources.check_allowed(services.settings(), tenant, key) for key in keys]
+    return JobRequest(
+        [NewItem(name=url, source=url) for url in urls if not ingest.is_archive_name(url)],
+        options,
+        deferred=[{"kind": "archive", "url": url} for url in urls if ingest.is_archive_name(url)])
 
 
 def _items_from_uploads(uploads: Any, tenant: str) -> list[NewItem]:
@@ -100,69 +130,3 @@ def _items_from_uploads(uploads: Any, tenant: str) -> list[NewItem]:
         items.append(NewItem(name=entry["name"], source=layout.input_key(tenant, digest),
                              sha256=digest))
     return items
-
-
-def _items_from_source(prefix: str) -> Iterator[NewItem]:
-    limit = services.settings().max_upload_bytes
-    for url, size in sources.list_images(services.settings(), prefix):
-        name = url[len(prefix):].lstrip("/") or url
-        if size > limit:
-            yield _failed(name, InputError("file_too_large", f"{size} bytes is over the limit"))
-        else:
-            yield NewItem(name=name, source=url, size=size)
-
-
-def _single_image(part: FileStorage, tenant: str) -> NewItem | None:
-    """A lone image upload is checked fully (decoded) and refused with 4xx if bad."""
-    head = part.stream.read(SNIFF_BYTES)
-    part.stream.seek(0)
-    if archive_kind(head):
-        return None
-    data = part.stream.read()
-    decode_image(data, services.settings().max_pixels)
-    return _store(part.filename or "upload", data, tenant)
-
-
-def _items_from_parts(files: list[FileStorage], tenant: str) -> Iterator[NewItem]:
-    for part in files:
-        name = part.filename or "upload"
-        head = part.stream.read(SNIFF_BYTES)
-        part.stream.seek(0)
-        if archive_kind(head):
-            yield from _items_from_archive(part.stream, tenant)
-        else:
-            yield _checked(name, part.stream.read(), tenant)
-
-
-def _items_from_archive(stream: IO[bytes], tenant: str) -> Iterator[NewItem]:
-    settings = services.settings()
-    for entry in iter_archive(stream, settings.max_upload_bytes):
-        yield _from_entry(entry, tenant)
-
-
-def _from_entry(entry: ArchiveEntry, tenant: str) -> NewItem:
-    if entry.error is not None:
-        return _failed(entry.name, entry.error)
-    return _checked(entry.name, entry.data or b"", tenant)
-
-
-def _checked(name: str, data: bytes, tenant: str) -> NewItem:
-    """Header check for a batch member: bad ones become failed items, good ones are stored."""
-    try:
-        probe(data, services.settings().max_pixels)
-    except InputError as exc:
-        return _failed(name, exc)
-    return _store(name, data, tenant)
-
-
-def _store(name: str, data: bytes, tenant: str) -> NewItem:
-    sha = hashlib.sha256(data).hexdigest()
-    key = layout.input_key(tenant, sha)
-    storage = services.storage()
-    if not storage.exists(key):
-        storage.put(key, data)
-    return NewItem(name=name, source=key, sha256=sha, size=len(data))
-
-
-def _failed(name: str, error: InputError) -> NewItem:
-    return NewItem(name=name, error=error.to_dict())

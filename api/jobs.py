@@ -6,6 +6,7 @@ exactly like a job that never existed.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -18,7 +19,8 @@ from depthfleet.api.auth import current_tenant
 from depthfleet.shared.errors import DepthFleetError
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import JobStatus
-from depthfleet.shared.queue import enqueue_items
+from depthfleet.shared.queue import enqueue_ingest, enqueue_items
+from depthfleet.shared.storage import ObjectMissing, Storage
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -52,7 +54,7 @@ def status_body(status: JobStatus) -> dict[str, Any]:
     return {
         "id": status.id, "status": status.status, "total": status.total,
         "succeeded": status.succeeded, "failed": status.failed, "pending": status.pending,
-        "cancelled": status.cancelled, "reused": status.reused,
+        "cancelled": status.cancelled, "reused": status.reused, "ingesting": status.ingesting,
         "progress": round(status.progress, 6), "options": status.options,
         "created_at": _iso(status.created_at), "updated_at": _iso(status.updated_at),
         "links": {"self": url_for("jobs.get_job", job_id=status.id, _external=True),
@@ -90,9 +92,12 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     else:
         job_request = ingest.from_multipart(request.files.getlist("file"),
                                             request.form.get("options"), tenant)
-    job_id, queued = store.create_job(tenant, job_request.items, job_request.options)
+    job_id, queued = store.create_job(tenant, job_request.items, job_request.options,
+                                      ingesting=bool(job_request.deferred))
     accepted = _job_or_404(job_id)  # as committed, before any worker can touch it
     _enqueue(job_id, queued)
+    if job_request.deferred:
+        enqueue_ingest(services.celery(), job_id, job_request.deferred)
     if idempotency_key:
         store.remember_idempotency_key(tenant, idempotency_key, job_id)
     return _accepted(accepted)
@@ -150,14 +155,22 @@ def artifact(job_id: str, index: int, filename: str) -> Response:
         raise NotFound("artifact")
     key = record["artifacts"][name]
     storage, settings = services.storage(), services.settings()
-    presigned = storage.presigned_url(key, settings.presign_seconds)
-    if presigned:
-        return redirect(presigned, code=302)
-    local = storage.local_path(key)
-    if local is None:
-        raise NotFound("artifact")
-    return send_file(local, mimetype=ARTIFACTS[name].content_type, max_age=3600,
+    # ?inline=1 (the web page): bytes from this origin, since fetch() cannot follow a redirect
+    # to a storage host that sends no CORS headers.
+    if request.args.get("inline") != "1":
+        presigned = storage.presigned_url(key, settings.presign_seconds)
+        if presigned:
+            return redirect(presigned, code=302)
+    body = storage.local_path(key) or _stored_bytes(storage, key)
+    return send_file(body, mimetype=ARTIFACTS[name].content_type, max_age=3600,
                      download_name=f"{index}.{filename}")
+
+
+def _stored_bytes(storage: Storage, key: str) -> io.BytesIO:
+    try:
+        return io.BytesIO(storage.get(key))
+    except ObjectMissing:
+        raise NotFound("artifact") from None
 
 
 @bp.delete("/<job_id>")

@@ -52,6 +52,8 @@ def put(digest: str) -> tuple[dict[str, object], int]:
         raise InputError("digest_mismatch", f"the body's sha256 is {actual}, not {digest}")
     key = layout.input_key(current_tenant(), digest)
     storage = services.storage()
-    if not storage.exists(key):
+    repeated = storage.exists(key)
+    if not repeated:
         storage.put(key, data)
-    return {"sha256": digest, "size": len(data)}, 201
+    services.store().count("uploads_repeated" if repeated else "uploads_stored")
+    return {"sha256": digest, "size": len(data), "already_stored": repeated}, 201

@@ -118,6 +118,8 @@ def api(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
 
 def worker(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
     """Exec a Celery worker: N pool processes x T threads, pinned through the environment."""
+    from depthfleet.shared.queue import INGEST_QUEUE, QUEUE
+
     concurrency = args.concurrency or settings.concurrency or _cores()
     threads = args.threads or settings.threads or max(1, _cores() // concurrency)
     os.environ.update({"DEPTHFLEET_CONCURRENCY": str(concurrency),
@@ -125,7 +127,7 @@ def worker(args: argparse.Namespace, settings: Settings, options: dict[str, Any]
     os.environ.update({name: str(threads) for name in THREAD_ENV})
     os.execv(sys.executable, [
         sys.executable, "-m", "celery", "-A", "depthfleet.worker.app", "worker",
-        "--concurrency", str(concurrency), "--pool", "prefork", "--queues", "depthfleet",
+        "--concurrency", str(concurrency), "--pool", "prefork", "--queues", f"{QUEUE},{INGEST_QUEUE}",
         "--hostname", f"worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
         "--loglevel", settings.log_level,
     ])

@@ -13,7 +13,8 @@ Keys (all expire ``job_ttl_days`` after the job's last change):
   df:leases            zset   "{id}:{index}" -> lease expiry of running items (the reaper's view)
   df:stats             hash   global counters: pending items (backpressure), model runs
   df:idem:{t}:{key}    string job id created by a request with that Idempotency-Key
-  df:lock:{name}       string short-lived lock: one process computes a deduplicated result
+  df:lock:{name}       string short-lived, renewable lock (one process computes a deduplicated
+                              result; one reaper sweeps at a time)
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,40 @@ end
 return 1
 """
 
+# Cancel every listed item that is still queued. KEYS: job hash, items hash, stats hash.
+# ARGV: item indexes.
+_CANCEL_QUEUED_LUA = """
+local n = 0
+for _, index in ipairs(ARGV) do
+  local raw = redis.call('HGET', KEYS[2], index)
+  if raw then
+    local item = cjson.decode(raw)
+    if item.status == 'queued' then
+      item.status = 'cancelled'
+      redis.call('HSET', KEYS[2], index, cjson.encode(item))
+      n = n + 1
+    end
+  end
+end
+if n > 0 then
+  redis.call('HINCRBY', KEYS[1], 'queued', -n)
+  redis.call('HINCRBY', KEYS[1], 'cancelled', n)
+  redis.call('HINCRBY', KEYS[3], 'pending_items', -n)
+end
+return n
+"""
+
+
+# KEYS: lock key. ARGV: token, new expiry in ms (renew). Acts only for the lock's own holder.
+_LOCK_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_LOCK_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 @dataclass
 class NewItem:
@@ -90,6 +124,7 @@ class JobStatus:
     reused: int
     created_at: float
     updated_at: float
+    ingesting: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,14 +133,14 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.pending == 0
+        return self.pending == 0 and not self.ingesting
 
 
-def _derive_status(counts: dict[str, int], cancel_requested: bool) -> str:
+def _derive_status(counts: dict[str, int], cancel_requested: bool, ingesting: bool) -> str:
     pending = counts["queued"] + counts["running"]
     if cancel_requested:
         return "cancelled"
-    if pending:
+    if pending or ingesting:
         done = counts["succeeded"] + counts["failed"]
         return "running" if counts["running"] or done else "queued"
     if counts["total"] and counts["failed"] == counts["total"]:
@@ -120,6 +155,9 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._transition_script = client.register_script(_TRANSITION_LUA)
+        self._cancel_script = client.register_script(_CANCEL_QUEUED_LUA)
+        self._lock_renew_script = client.register_script(_LOCK_RENEW_LUA)
+        self._lock_release_script = client.register_script(_LOCK_RELEASE_LUA)
 
     # -- keys ---------------------------------------------------------------------------
     @staticmethod
@@ -138,44 +176,76 @@ class JobStore:
     _STATS = "df:stats"
 
     # -- creation -----------------------------------------------------------------------
-    def create_job(self, tenant: str, items: Iterable[NewItem],
-                   options: dict[str, Any]) -> tuple[str, list[int]]:
-        """Store a job and all its items; returns its id and the indexes to enqueue.
+    def create_job(self, tenant: str, items: Iterable[NewItem], options: dict[str, Any],
+                   ingesting: bool = False) -> tuple[str, list[int]]:
+        """Store a job and its items; returns its id and the indexes to enqueue.
 
         The caller enqueues tasks only after this returns, so a worker never sees an item
-        that is not stored yet.
+        that is not stored yet. With ``ingesting`` the job stays open for ``append_items``
+        (a bucket prefix or an archive expanded by a worker) until ``finish_ingest``.
         """
-        job_id = uuid.uuid4().hex
-        now = time.time()
-        counts = {"total": 0, "queued": 0, "failed": 0}
-        queued: list[int] = []
-        batch: dict[str, str] = {}
-        for index, item in enumerate(items):
-            record = _new_record(index, item)
-            counts["total"] += 1
-            counts[record["status"]] += 1
-            if record["status"] == "queued":
-                queued.append(index)
-            batch[str(index)] = json.dumps(record, separators=(",", ":"))
-            if len(batch) >= WRITE_CHUNK:
-                self.redis.hset(self._items_key(job_id), mapping=batch)
-                batch = {}
+        job_id, now = uuid.uuid4().hex, time.time()
         pipe = self.redis.pipeline()
-        if batch:
-            pipe.hset(self._items_key(job_id), mapping=batch)
         pipe.hset(self._job_key(job_id), mapping={
             "tenant": tenant, "created_at": now, "updated_at": now,
-            "options": json.dumps(options), "total": counts["total"], "queued": counts["queued"],
-            "running": 0, "succeeded": 0, "failed": counts["failed"], "cancelled": 0, "reused": 0,
-            "cancel_requested": 0,
+            "options": json.dumps(options), "total": 0, "queued": 0, "running": 0,
+            "succeeded": 0, "failed": 0, "cancelled": 0, "reused": 0,
+            "cancel_requested": 0, "ingesting": 1,
         })
-        pipe.hincrby(self._STATS, "pending_items", counts["queued"])
         pipe.zadd(self._tenant_key(tenant), {job_id: now})
-        for key in (self._job_key(job_id), self._items_key(job_id)):
-            pipe.expire(key, self.ttl)
+        pipe.expire(self._job_key(job_id), self.ttl)
         pipe.expire(self._tenant_key(tenant), self.ttl)
         pipe.execute()
+        queued = self.append_items(job_id, items)
+        if not ingesting:
+            self.finish_ingest(job_id)
         return job_id, queued
+
+    def append_items(self, job_id: str, items: Iterable[NewItem],
+                     cursor: Callable[[int], str] | None = None) -> list[int]:
+        """Add items after the job's last one, a chunk at a time; returns the queued indexes.
+
+        ``cursor(n)`` (n: items of this call stored so far) is saved with each chunk in the
+        same transaction, so an ingestion that is interrupted and run again knows exactly
+        where to continue without adding any item twice.
+        """
+        queued: list[int] = []
+        stored = 0
+        for chunk in _chunks(items, WRITE_CHUNK):
+            base = self.redis.hincrby(self._job_key(job_id), "next_index", len(chunk)) - len(chunk)
+            records = [_new_record(base + i, item) for i, item in enumerate(chunk)]
+            new_queued = [r["index"] for r in records if r["status"] == "queued"]
+            pipe = self.redis.pipeline()
+            pipe.hset(self._items_key(job_id), mapping={
+                str(r["index"]): json.dumps(r, separators=(",", ":")) for r in records})
+            pipe.hincrby(self._job_key(job_id), "total", len(records))
+            pipe.hincrby(self._job_key(job_id), "queued", len(new_queued))
+            pipe.hincrby(self._job_key(job_id), "failed", len(records) - len(new_queued))
+            pipe.hincrby(self._STATS, "pending_items", len(new_queued))
+            pipe.expire(self._items_key(job_id), self.ttl)
+            stored += len(records)
+            if cursor is not None:
+                pipe.hset(self._job_key(job_id), "ingest_cursor", cursor(stored))
+            pipe.execute()
+            queued += new_queued
+        return queued
+
+    def ingest_cursor(self, job_id: str) -> str | None:
+        raw = self.redis.hget(self._job_key(job_id), "ingest_cursor")
+        return raw.decode() if raw else None
+
+    def queued_indexes(self, job_id: str) -> list[int]:
+        """Every item still queued (a full scan: for recovery, not for the hot path)."""
+        return sorted(
+            int(f) for f, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK)
+            if json.loads(raw)["status"] == "queued")
+
+    def finish_ingest(self, job_id: str) -> None:
+        """Every item is stored: from now on the job can finish."""
+        self.redis.hset(self._job_key(job_id), mapping={"ingesting": 0, "updated_at": time.time()})
+
+    def is_ingesting(self, job_id: str) -> bool:
+        return self.redis.hget(self._job_key(job_id), "ingesting") == b"1"
 
     def job_for_idempotency_key(self, tenant: str, key: str) -> str | None:
         """The job an earlier request with this ``Idempotency-Key`` created, if any."""
@@ -197,7 +267,9 @@ class JobStore:
         counts = {k: int(data.get(k, 0)) for k in ("total", *STATES, "reused")}
         return JobStatus(
             id=job_id, tenant=data["tenant"],
-            status=_derive_status(counts, data.get("cancel_requested") == "1"),
+            status=_derive_status(counts, data.get("cancel_requested") == "1",
+                                  data.get("ingesting") == "1"),
+            ingesting=data.get("ingesting") == "1",
             total=counts["total"], succeeded=counts["succeeded"], failed=counts["failed"],
             cancelled=counts["cancelled"], pending=counts["queued"] + counts["running"],
             reused=counts["reused"], created_at=float(data["created_at"]),
@@ -266,44 +338,132 @@ class JobStore:
         return self._transition(job_id, index, ("failed",), "queued", {"error": None})
 
     def cancel_job(self, job_id: str) -> int:
-        """Flag the job cancelled and cancel every item not yet started; returns how many."""
+        """Flag the job cancelled and cancel every item not yet started; returns how many.
+
+        Items are cancelled a listing page at a time by one script call, so a 100,000-item
+        job is cancelled in about a hundred round trips; tasks still in the queue then find
+        their items terminal and finish at once.
+        """
         self.redis.hset(self._job_key(job_id), "cancel_requested", 1)
-        cancelled = 0
-        for field_name, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK):
-            if json.loads(raw)["status"] == "queued":
-                cancelled += self.cancel_item(job_id, int(field_name))
-        return cancelled
+        cancelled, cursor = 0, 0
+        while True:
+            cursor, page = self.redis.hscan(self._items_key(job_id), cursor, count=WRITE_CHUNK)
+            if page:
+                cancelled += self._cancel_script(
+                    keys=[self._job_key(job_id), self._items_key(job_id), self._STATS],
+                    args=list(page))
+            if cursor == 0:
+                return cancelled
 
     def retryable_indexes(self, job_id: str) -> list[int]:
         return sorted(
             int(f) for f, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK)
             if (rec := json.loads(raw))["status"] == "failed" and rec.get("retryable"))
 
+    # -- leases and recovery (worker.leases renews, worker.reaper reclaims) ---------------
     def expired_leases(self, now: float | None = None, limit: int = 1000) -> list[tuple[str, int]]:
         """Running items whose worker stopped renewing (vanished): candidates for requeue."""
         members = self.redis.zrangebyscore(self._LEASES, "-inf", now or time.time(), 0, limit)
         return [(m.decode().rsplit(":", 1)[0], int(m.decode().rsplit(":", 1)[1])) for m in members]
 
-    @contextmanager
-    def render_lock(self, name: str, seconds: float) -> Iterator[bool]:
-        """Try to become the one process computing ``name``; yields whether we are.
+    def renew_lease(self, job_id: str, index: int, lease_seconds: float) -> bool:
+        """Push a running item's lease forward; False once the item has left ``running``."""
+        return bool(self.redis.zadd(self._LEASES, {f"{job_id}:{index}": time.time() + lease_seconds},
+                                    xx=True, ch=True))
 
-        The lock expires by itself, so a worker that dies holding it delays the others by
-        at most ``seconds``.
+    def release_item(self, job_id: str, index: int) -> bool:
+        """running -> queued: a worker gives the item back (a transient fault; a retry follows)."""
+        return self._transition(job_id, index, ("running",), "queued")
+
+    def reclaim_item(self, job_id: str, index: int, now: float | None = None) -> bool:
+        """running -> queued for an item whose lease lapsed; the caller sends it as a new task.
+
+        The lease is checked again just before the move, so an item whose worker renewed it
+        meanwhile stays where it is. A lease left by an item that is gone (job expired) or
+        no longer running is dropped.
         """
-        key, token = f"df:lock:{name}", uuid.uuid4().hex
-        owner = bool(self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
-        try:
-            yield owner
-        finally:
-            if owner and self.redis.get(key) == token.encode():
-                self.redis.delete(key)
+        member, now = f"{job_id}:{index}", now or time.time()
+        expiry = self.redis.zscore(self._LEASES, member)
+        if expiry is None or expiry > now:
+            return False
+        if self._transition(job_id, index, ("running",), "queued", {"reclaimed_at": now}):
+            self.count("items_reclaimed")
+            return True
+        self.redis.zrem(self._LEASES, member)
+        return False
+
+    def stale_jobs_with_queued_items(self, idle_seconds: float) -> Iterator[str]:
+        """Jobs holding queued items that nothing changed for ``idle_seconds``.
+
+        A full scan of job keys: for recovery when the broker holds no message at all but
+        items still wait (their tasks were lost), never for the hot path.
+        """
+        cutoff = time.time() - idle_seconds
+        for key in self.redis.scan_iter(match=self._job_key("*"), count=WRITE_CHUNK, _type="hash"):
+            name = key.decode()
+            if name.endswith(":items"):
+                continue
+            queued, updated_at = self.redis.hmget(name, "queued", "updated_at")
+            if int(queued or 0) > 0 and float(updated_at or 0) < cutoff:
+                yield name.removeprefix(self._job_key(""))
+
+    # -- locks --------------------------------------------------------------------------
+    def acquire_lock(self, name: str, seconds: float) -> Lock | None:
+        """Become the one holder of ``name`` (e.g. the process computing a result), or None.
+
+        The lock lapses ``seconds`` after its last renewal, so a holder that dies delays the
+        others by at most that long.
+        """
+        lock = Lock(self, f"df:lock:{name}", uuid.uuid4().hex, seconds)
+        return lock if self.redis.set(lock.key, lock.token, nx=True, px=lock.millis) else None
+
+    def lock_held(self, name: str) -> bool:
+        return bool(self.redis.exists(f"df:lock:{name}"))
+
+    def count(self, stat: str, amount: int = 1) -> None:
+        """Bump a global counter (model runs, uploads stored or repeated...)."""
+        self.redis.hincrby(self._STATS, stat, amount)
+
+    def stat(self, stat: str) -> int:
+        return int(self.redis.hget(self._STATS, stat) or 0)
 
     def count_model_run(self) -> None:
-        self.redis.hincrby(self._STATS, "model_runs", 1)
+        self.count("model_runs")
 
     def model_runs(self) -> int:
-        return int(self.redis.hget(self._STATS, "model_runs") or 0)
+        return self.stat("model_runs")
+
+
+
+@dataclass(eq=False)
+class Lock:
+    """A lock this process holds: renew it while working, release it when done (hashed by identity)."""
+
+    store: JobStore
+    key: str
+    token: str
+    seconds: float
+
+    @property
+    def millis(self) -> int:
+        return int(self.seconds * 1000)
+
+    def renew(self) -> bool:
+        """False if the lock lapsed and someone else may hold it now."""
+        return bool(self.store._lock_renew_script(keys=[self.key], args=[self.token, self.millis]))
+
+    def release(self) -> None:
+        self.store._lock_release_script(keys=[self.key], args=[self.token])
+
+def _chunks(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
+    chunk: list[NewItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _new_record(index: int, item: NewItem) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from celery import Celery
 from depthfleet.shared.settings import Settings
 
 QUEUE = "depthfleet"
+INGEST_QUEUE = "depthfleet.ingest"  # its own queue: a big job's expansion never waits behind items
 PROCESS_ITEMS = "depthfleet.process_items"
+INGEST = "depthfleet.ingest"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -62,3 +64,8 @@ def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -
                           queue=QUEUE, producer=producer)
             sent += 1
     return sent
+
+
+def enqueue_ingest(app: Celery, job_id: str, deferred: list[dict[str, str]]) -> None:
+    """Ask a worker to expand bucket prefixes and archive objects into the job's items."""
+    app.send_task(INGEST, args=[job_id, deferred], queue=INGEST_QUEUE)

@@ -8,9 +8,13 @@ the configured storage. Keyless loopback mode (tenant ``local``) may read the wh
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 from depthfleet.shared import layout
@@ -79,22 +83,40 @@ class SourceReader:
         self.settings = settings
         self._client: object | None = None
 
+    def _s3(self) -> object:
+        self._client = self._client or s3_client(self.settings)
+        return self._client
+
     def read(self, url: str) -> bytes:
+        buffer = io.BytesIO()
+        self.copy_to(url, buffer)
+        return buffer.getvalue()
+
+    def copy_to(self, url: str, target: IO[bytes]) -> None:
+        """Stream the object into ``target`` (archives are never held whole in memory)."""
         parsed = urlparse(url)
         if parsed.scheme == "file":
             try:
-                return Path(unquote(parsed.path)).read_bytes()
+                with Path(unquote(parsed.path)).open("rb") as fh:
+                    shutil.copyfileobj(fh, target, 1 << 20)
             except FileNotFoundError:
                 raise ObjectMissing(url) from None
-        from botocore.exceptions import BotoCoreError, ClientError
-
+            return
         bucket, key = split_s3_url(url)
-        self._client = self._client or s3_client(self.settings)
-        try:
-            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectMissing(url) from None
-            raise StorageError(f"reading {url} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"reading {url} failed: {exc}") from exc
+        with _s3_errors(url):
+            self._s3().download_fileobj(bucket, key, target)
+
+
+@contextmanager
+def _s3_errors(url: str) -> Iterator[None]:
+    """botocore's errors as ours: a missing object is final, anything else is transient."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise ObjectMissing(url) from None
+        raise StorageError(f"reading {url} failed: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"reading {url} failed: {exc}") from exc

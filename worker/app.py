@@ -14,10 +14,11 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init
 
 from depthfleet.shared.pipeline import prepare_model_files
-from depthfleet.shared.queue import PROCESS_ITEMS, make_celery
+from depthfleet.shared.queue import INGEST, INGEST_QUEUE, PROCESS_ITEMS, make_celery
 from depthfleet.shared.settings import Settings
-from depthfleet.worker import tasks
-from depthfleet.worker.runtime import default_threads, init_runtime
+from depthfleet.shared.storage import StorageError
+from depthfleet.worker import ingest, tasks
+from depthfleet.worker.runtime import default_threads, init_runtime, runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ app.conf.worker_proc_alive_timeout = 60.0
 @app.task(name=PROCESS_ITEMS, bind=True)
 def process_items(self: Task, job_id: str, indexes: list[int]) -> dict[str, int]:
     return tasks.process_items(self, job_id, indexes)
+
+
+@app.task(name=INGEST, queue=INGEST_QUEUE, autoretry_for=(StorageError,), retry_backoff=True,
+          retry_backoff_max=60, max_retries=20)
+def ingest_sources(job_id: str, deferred: list[dict[str, str]]) -> dict[str, int]:
+    return {"added": ingest.ingest_sources(runtime(), app, job_id, deferred)}
 
 
 @worker_init.connect

@@ -19,6 +19,7 @@ from depthfleet.shared.errors import InputError
 MAX_ENTRIES = 250_000
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
+OS_METADATA_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 
 
 @dataclass
@@ -61,11 +62,20 @@ def iter_archive(stream: IO[bytes], limit: int) -> Iterator[ArchiveEntry]:
     reader = _zip_entries if kind == "zip" else _tar_entries
     count = 0
     for entry in reader(stream, limit):
+        if is_os_metadata(entry.name):
+            continue
         count += 1
         if count > MAX_ENTRIES:
             raise InputError("too_many_entries",
                              f"archives may hold at most {MAX_ENTRIES} files", 413)
         yield entry
+
+
+def is_os_metadata(name: str) -> bool:
+    """Files that archivers add beside the photos (macOS resource forks, Finder and Explorer
+    caches): skipped silently, as every unzip tool's user would expect."""
+    base = name.rsplit("/", 1)[-1]
+    return name.startswith("__MACOSX/") or base.startswith("._") or base in OS_METADATA_FILES
 
 
 def _checked_name(name: str) -> ArchiveEntry | None:

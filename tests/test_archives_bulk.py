@@ -1,0 +1,228 @@
+"""Whole archives: zip/tar uploads, bucket prefixes past one listing page, deduplication,
+cancelling, and a ``depthfleet submit`` that is killed and restarted. Real processes throughout.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import boto3
+import cv2
+import numpy as np
+import pytest
+import redis
+import requests
+
+from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
+from support import System, poll, system_env
+
+pytestmark = pytest.mark.integration
+
+BUCKET = "depthfleet-bulk"
+HEADERS = {"Authorization": "Bearer key-carol"}
+JOB_TIMEOUT = 600
+
+
+@functools.lru_cache(maxsize=2)
+def _photo(name: str) -> np.ndarray:
+    return cv2.imread(str(PHOTOS_DIR / name))
+
+
+def tiny_jpeg(seed: int, size: tuple[int, int] = (48, 64), source: str = "coffee.jpg") -> bytes:
+    """A photo-like JPEG crop whose bytes depend on ``seed`` (distinct inputs, no dedup)."""
+    base = _photo(source)
+    y, x = (seed * 7) % (base.shape[0] - size[0]), (seed * 13) % (base.shape[1] - size[1])
+    ok, data = cv2.imencode(".jpg", base[y:y + size[0], x:x + size[1]])
+    assert ok
+    return data.tobytes()
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, redis_db_url, s3_server, s3, checkpoint_path):
+    root = tmp_path_factory.mktemp("bulk")
+    env = system_env(redis_db_url, f"s3://{BUCKET}/df", s3_server, checkpoint_path,
+                     root / "cache", DEPTHFLEET_API_KEYS="carol:key-carol",
+                     DEPTHFLEET_TENANT_SOURCES=f"carol=s3://{BUCKET}/archive/",
+                     DEPTHFLEET_ITEMS_PER_TASK="16")
+    system = System(env, root / "logs")
+    try:
+        system.start_worker(concurrency=2)
+        system.start_api()
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture()
+def stats(redis_db_url):
+    client = redis.Redis.from_url(redis_db_url)
+    return lambda name: int(client.hget("df:stats", name) or 0)
+
+
+def submit(system: System, **kwargs) -> dict:
+    response = requests.post(f"{system.api_url}/v1/jobs", headers=HEADERS, timeout=300, **kwargs)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait(system: System, job_id: str) -> dict:
+    return poll(lambda: requests.get(f"{system.api_url}/v1/jobs/{job_id}", headers=HEADERS,
+                                     timeout=10).json(),
+                lambda s: s["pending"] == 0 and not s["ingesting"], JOB_TIMEOUT)
+
+
+def manifest(system: System, job_id: str) -> list[dict]:
+    text = requests.get(f"{system.api_url}/v1/jobs/{job_id}/manifest.jsonl", headers=HEADERS,
+                        timeout=60).text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def photo_archive(kind: str) -> bytes:
+    """The reference photos, three bad files, a traversal name and a link, as zip or tar.gz."""
+    members = [(f"photos/{p['file']}", (PHOTOS_DIR / p["file"]).read_bytes())
+               for p in load_manifest(PHOTOS_DIR)[:6]]
+    members += [(f"bad/{b}", (BAD_DIR / b).read_bytes())
+                for b in ("empty.jpg", "plain_text.txt", "truncated_40pct.jpg")]
+    members += [("../evil.jpg", (PHOTOS_DIR / "tiny_8x8.jpg").read_bytes())]
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in members:
+                archive.writestr(name, data)
+            link = zipfile.ZipInfo("link.jpg")
+            link.external_attr = 0o120777 << 16
+            archive.writestr(link, "/etc/passwd")
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+            link = tarfile.TarInfo("link.jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            archive.addfile(link)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_upload_processes_good_entries_and_reports_bad_ones(system, s3, kind):
+    job = submit(system, files=[("file", (f"batch.{kind}", photo_archive(kind)))])
+    final = wait(system, job["id"])
+    items = {item["name"]: item for item in manifest(system, job["id"])}
+    assert final["status"] == "partial" and final["total"] == len(items) == 11
+    for photo in load_manifest(PHOTOS_DIR)[:6]:
+        assert items[f"photos/{photo['file']}"]["status"] == "succeeded"
+    for name in ("empty.jpg", "plain_text.txt", "truncated_40pct.jpg"):
+        entry = next(e for e in load_manifest(BAD_DIR) if e["file"] == name)
+        assert outcome_of(items[f"bad/{name}"]) in allowed_outcomes(entry)
+    assert items["../evil.jpg"]["error"]["code"] == "unsafe_path"
+    assert items["link.jpg"]["error"]["code"] == "unsupported_entry"
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])]
+    assert keys and all(k.startswith(("df/t/carol/", "archive/")) for k in keys), keys
+    assert not any("evil" in k or "passwd" in k for k in keys)
+
+
+def test_bucket_prefix_past_one_listing_page_becomes_one_job(system, s3, stats):
+    count, distinct = 2500, 50
+    blobs = [tiny_jpeg(seed) for seed in range(distinct)]
+    for i in range(count):
+        s3.put_object(Bucket=BUCKET, Key=f"archive/scan/{i:05d}.jpg", Body=blobs[i % distinct])
+    runs_before = stats("model_runs")
+    job = submit(system, json={"source": f"s3://{BUCKET}/archive/scan/"})
+    assert job["status"] == "queued" and job["ingesting"] is True
+    final = wait(system, job["id"])
+    assert final["status"] == "succeeded" and final["succeeded"] == final["total"] == count
+    lines = manifest(system, job["id"])
+    assert len(lines) == count and [line["index"] for line in lines] == list(range(count))
+    assert {line["name"] for line in lines} == {f"{i:05d}.jpg" for i in range(count)}
+    assert stats("model_runs") - runs_before == distinct
+    assert final["reused"] == count - distinct
+
+
+def test_hundred_copies_run_the_model_once(system, stats):
+    photo = tiny_jpeg(999, (120, 160))
+    runs_before = stats("model_runs")
+    job = submit(system, files=[("file", (f"copy{i}.jpg", photo)) for i in range(100)])
+    final = wait(system, job["id"])
+    assert final["succeeded"] == 100
+    assert stats("model_runs") - runs_before == 1
+    items = manifest(system, job["id"])
+    assert sum(item["reused"] for item in items) == 99
+    first = items[0]["artifacts"]["depth_png"]
+    reference = requests.get(first, headers=HEADERS, timeout=30).content
+    for item in items[1:]:
+        assert requests.get(item["artifacts"]["depth_png"], headers=HEADERS,
+                            timeout=30).content == reference
+
+
+def test_cancel_stops_a_bulk_job_and_counts_add_up(system, s3):
+    for i in range(1200):
+        s3.put_object(Bucket=BUCKET, Key=f"archive/cancel/{i:05d}.jpg", Body=tiny_jpeg(10_000 + i))
+    job = submit(system, json={"source": f"s3://{BUCKET}/archive/cancel/"})
+    poll(lambda: requests.get(f"{system.api_url}/v1/jobs/{job['id']}", headers=HEADERS,
+                              timeout=10).json(), lambda s: s["succeeded"] >= 5, 120, 0.2)
+    started = time.monotonic()
+    cancelled = requests.delete(f"{system.api_url}/v1/jobs/{job['id']}", headers=HEADERS,
+                                timeout=60)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert time.monotonic() - started < 10
+    final = wait(system, job["id"])
+    assert final["status"] == "cancelled"
+    assert final["succeeded"] + final["failed"] + final["cancelled"] == final["total"]
+    assert final["cancelled"] > 0
+
+
+def test_source_outside_the_tenants_prefixes_is_refused(system):
+    for source in (f"s3://{BUCKET}/df/t/other/", "s3://another-bucket/photos/",
+                   f"s3://{BUCKET}/archive/../df/"):
+        response = requests.post(f"{system.api_url}/v1/jobs", headers=HEADERS, timeout=10,
+                                 json={"source": source})
+        assert response.status_code in (400, 403), (source, response.text)
+    response = requests.post(f"{system.api_url}/v1/jobs", headers=HEADERS, timeout=10,
+                             json={"keys": ["https://example.com/a.jpg"]})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_source"
+
+
+def test_submit_killed_halfway_resumes_without_duplicate_uploads(system, tmp_path, stats):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(120):
+        (folder / f"{i:03d}.jpg").write_bytes(tiny_jpeg(20_000 + i, (900, 1200), "large_24mp.jpg"))
+    env = {**system.env, "DEPTHFLEET_API_KEY": "key-carol",
+           "DEPTHFLEET_CACHE_DIR": str(tmp_path / "client-cache")}
+    command = [sys.executable, "-m", "depthfleet.cli", "submit", str(folder), "--server",
+               system.api_url, "--wait", "--out", str(tmp_path / "out")]
+    stored_before, repeated_before = stats("uploads_stored"), stats("uploads_repeated")
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    poll(lambda: {"stored": stats("uploads_stored") - stored_before},
+         lambda s: s["stored"] >= 30 or first.poll() is not None, 120, 0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert stats("uploads_stored") - stored_before < 120, "killed too late to test a resume"
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert stats("uploads_stored") - stored_before == 120
+    assert stats("uploads_repeated") - repeated_before == 0
+    lines = [json.loads(line) for line in (tmp_path / "out/manifest.jsonl").read_text().splitlines()]
+    assert len(lines) == 120 and all(line["status"] == "succeeded" for line in lines)
+    assert all((tmp_path / "out" / line["artifacts"]["depth_png"]).is_file() for line in lines)
