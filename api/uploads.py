@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 
 from flask import Blueprint, request
 
 from depthfleet.api import services
 from depthfleet.api.auth import current_tenant
-from depthfleet.shared import layout
+from depthfleet.shared import ingest, layout
 from depthfleet.shared.errors import InputError
 
 bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
@@ -39,6 +40,28 @@ def check() -> dict[str, list[str]]:
     missing = [d for d in map(valid_digest, digests)
                if not storage.exists(layout.input_key(tenant, d))]
     return {"missing": missing}
+
+
+@bp.post("/presign")
+def presign() -> tuple[dict[str, object], int]:
+    """A short-lived URL to PUT a large archive straight into storage, bypassing the API.
+
+    Then ``POST /v1/jobs {"keys": [source]}`` names it and a worker expands it.
+    """
+    body = request.get_json(silent=True) or {}
+    filename = body.get("filename")
+    if not isinstance(filename, str) or not filename.lower().endswith(ingest.ARCHIVE_SUFFIXES) \
+            or "/" in filename or filename.startswith("."):
+        raise InputError("invalid_request",
+                         f"'filename' must be a plain archive name ending in {ingest.ARCHIVE_SUFFIXES}")
+    storage, settings = services.storage(), services.settings()
+    key = layout.staging_key(current_tenant(), uuid.uuid4().hex, filename)
+    url = storage.presigned_put(key, settings.presign_seconds)
+    if url is None:
+        raise InputError("presign_unavailable",
+                         "this deployment's storage takes uploads through the API only", 501)
+    return {"url": url, "method": "PUT", "source": f"{storage.url}/{key}",
+            "expires_in": settings.presign_seconds}, 201
 
 
 @bp.put("/<digest>")

@@ -13,6 +13,11 @@ def input_key(tenant: str, sha256: str) -> str:
     return f"t/{tenant}/inputs/{sha256[:2]}/{sha256}"
 
 
+def staging_key(tenant: str, upload_id: str, filename: str) -> str:
+    """A large archive uploaded straight to storage (presigned PUT), before its job expands it."""
+    return f"t/{tenant}/staging/{upload_id}/{filename}"
+
+
 def result_prefix(tenant: str, sha256: str, variant: str) -> str:
     """The folder of one photo's artifacts for one ``variant`` (weights + output options)."""
     return f"t/{tenant}/results/{sha256[:2]}/{sha256}/{variant}"

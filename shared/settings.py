@@ -66,6 +66,7 @@ class Settings:
     redis_url: str | None = None
     storage_url: str | None = None
     s3_endpoint: str | None = None
+    s3_public_endpoint: str | None = None
     weights: str = OFFICIAL_WEIGHTS_URL
     weights_sha256: str | None = None
     threads: int | None = None
@@ -80,6 +81,8 @@ class Settings:
     items_per_task: int = 8
     task_time_limit: int = 900
     visibility_timeout: int = 3600
+    lease_seconds: int = 60
+    storage_retries: int = 8
     concurrency: int | None = None
     tenant_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     log_level: str = "INFO"
@@ -100,6 +103,7 @@ class Settings:
             redis_url=env.get("DEPTHFLEET_REDIS_URL", "").strip() or None,
             storage_url=env.get("DEPTHFLEET_STORAGE_URL", "").strip() or None,
             s3_endpoint=env.get("DEPTHFLEET_S3_ENDPOINT", "").strip() or None,
+            s3_public_endpoint=env.get("DEPTHFLEET_S3_PUBLIC_ENDPOINT", "").strip() or None,
             weights=env.get("DEPTHFLEET_WEIGHTS", "").strip() or base.weights,
             weights_sha256=sha,
             threads=_int(env, "DEPTHFLEET_THREADS", None),
@@ -114,6 +118,8 @@ class Settings:
             items_per_task=_int(env, "DEPTHFLEET_ITEMS_PER_TASK", base.items_per_task),
             task_time_limit=_int(env, "DEPTHFLEET_TASK_TIME_LIMIT", base.task_time_limit, 10),
             visibility_timeout=_int(env, "DEPTHFLEET_VISIBILITY_TIMEOUT", base.visibility_timeout, 10),
+            lease_seconds=_int(env, "DEPTHFLEET_LEASE_SECONDS", base.lease_seconds, 3),
+            storage_retries=_int(env, "DEPTHFLEET_STORAGE_RETRIES", base.storage_retries, 0),
             concurrency=_int(env, "DEPTHFLEET_CONCURRENCY", None),
             tenant_sources=_tenant_sources(env.get("DEPTHFLEET_TENANT_SOURCES", "")),
             log_level=env.get("DEPTHFLEET_LOG_LEVEL", base.log_level).strip().upper(),

@@ -54,6 +54,7 @@ class Storage(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
     def presigned_url(self, key: str, seconds: int) -> str | None: ...
+    def presigned_put(self, key: str, seconds: int) -> str | None: ...
     def local_path(self, key: str) -> Path | None: ...
     def ping(self) -> None: ...
 
@@ -119,6 +120,9 @@ class FileStorage:
     def presigned_url(self, key: str, seconds: int) -> str | None:
         return None  # served through the API instead
 
+    def presigned_put(self, key: str, seconds: int) -> str | None:
+        return None  # uploads go through the API
+
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
         return path if path.is_file() else None
@@ -131,10 +135,12 @@ class FileStorage:
 class S3Storage:
     """A bucket (and optional prefix) on S3 or any S3-compatible server, through boto3."""
 
-    def __init__(self, bucket: str, prefix: str, client: object, url: str) -> None:
+    def __init__(self, bucket: str, prefix: str, client: object, url: str,
+                 presign_client: object | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client
+        self.presign_client = presign_client or client
         self.url = url
 
     def _key(self, key: str) -> str:
@@ -194,8 +200,12 @@ class S3Storage:
         self._call("delete_object", Bucket=self.bucket, Key=self._key(key))
 
     def presigned_url(self, key: str, seconds: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=seconds)
+
+    def presigned_put(self, key: str, seconds: int) -> str | None:
+        return self.presign_client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=seconds)
 
     def local_path(self, key: str) -> Path | None:
         return None
@@ -204,8 +214,11 @@ class S3Storage:
         self._call("head_bucket", Bucket=self.bucket)
 
 
-def s3_client(settings: Settings) -> object:
-    """A boto3 S3 client for the configured endpoint: SigV4, path-style, standard retries."""
+def s3_client(settings: Settings, endpoint: str | None = None) -> object:
+    """A boto3 S3 client for the configured endpoint: SigV4, path-style, standard retries.
+
+    ``endpoint`` overrides it, e.g. the public name clients reach for presigned URLs.
+    """
     import boto3
     from botocore.config import Config
 
@@ -217,7 +230,8 @@ def s3_client(settings: Settings) -> object:
         read_timeout=60,
         max_pool_connections=32,
     )
-    return boto3.session.Session().client("s3", endpoint_url=settings.s3_endpoint, config=config)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or settings.s3_endpoint,
+                                          config=config)
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -238,5 +252,7 @@ def open_storage(settings: Settings, url: str | None = None) -> Storage:
         return FileStorage(Path(parsed.path))
     if parsed.scheme == "s3":
         bucket, prefix = split_s3_url(url)
-        return S3Storage(bucket, prefix, s3_client(settings), url.rstrip("/"))
+        public = settings.s3_public_endpoint
+        return S3Storage(bucket, prefix, s3_client(settings), url.rstrip("/"),
+                         presign_client=s3_client(settings, public) if public else None)
     raise ValueError(f"DEPTHFLEET_STORAGE_URL must be s3://bucket/prefix or file:///dir, not {url!r}")

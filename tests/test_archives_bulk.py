@@ -4,7 +4,6 @@ cancelling, and a ``depthfleet submit`` that is killed and restarted. Real proce
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -17,34 +16,18 @@ import zipfile
 from pathlib import Path
 
 import boto3
-import cv2
-import numpy as np
 import pytest
 import redis
 import requests
 
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
-from support import System, poll, system_env
+from support import System, poll, system_env, tiny_jpeg
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "depthfleet-bulk"
 HEADERS = {"Authorization": "Bearer key-carol"}
 JOB_TIMEOUT = 600
-
-
-@functools.lru_cache(maxsize=2)
-def _photo(name: str) -> np.ndarray:
-    return cv2.imread(str(PHOTOS_DIR / name))
-
-
-def tiny_jpeg(seed: int, size: tuple[int, int] = (48, 64), source: str = "coffee.jpg") -> bytes:
-    """A photo-like JPEG crop whose bytes depend on ``seed`` (distinct inputs, no dedup)."""
-    base = _photo(source)
-    y, x = (seed * 7) % (base.shape[0] - size[0]), (seed * 13) % (base.shape[1] - size[1])
-    ok, data = cv2.imencode(".jpg", base[y:y + size[0], x:x + size[1]])
-    assert ok
-    return data.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +209,19 @@ def test_submit_killed_halfway_resumes_without_duplicate_uploads(system, tmp_pat
     lines = [json.loads(line) for line in (tmp_path / "out/manifest.jsonl").read_text().splitlines()]
     assert len(lines) == 120 and all(line["status"] == "succeeded" for line in lines)
     assert all((tmp_path / "out" / line["artifacts"]["depth_png"]).is_file() for line in lines)
+
+
+def test_large_archive_goes_straight_to_storage_then_expands(system):
+    grant = requests.post(f"{system.api_url}/v1/uploads/presign", headers=HEADERS, timeout=10,
+                          json={"filename": "scans.tar.gz"})
+    assert grant.status_code == 201, grant.text
+    upload = requests.put(grant.json()["url"], data=photo_archive("tar.gz"), timeout=60)
+    assert upload.status_code == 200
+    job = submit(system, json={"keys": [grant.json()["source"]]})
+    final = wait(system, job["id"])
+    names = {item["name"]: item["status"] for item in manifest(system, job["id"])}
+    assert final["total"] == 11 and final["succeeded"] == 6
+    assert names["scans.tar.gz/photos/coffee.jpg"] == "succeeded"
+    refused = requests.post(f"{system.api_url}/v1/uploads/presign", headers=HEADERS, timeout=10,
+                            json={"filename": "../x.zip"})
+    assert refused.status_code == 400
