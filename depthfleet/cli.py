@@ -12,6 +12,12 @@ from typing import Any
 from depthfleet.shared.settings import Settings, SettingsError
 
 
+HINTS = {
+    "weights_invalid": "\n(set DEPTHFLEET_WEIGHTS to a local copy of midas_v21_small_256.pt, an "
+                       "s3:// object or a reachable https:// URL; see README, 'The model and its weights')",
+}
+
+
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side", type=int, default=None,
                         help="cap the artifacts' longer side (default: the photo's own size)")
@@ -81,9 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         sys.exit(f"depthfleet: {exc}")
     from depthfleet import commands
+    from depthfleet.shared.errors import DepthFleetError
 
     handler = getattr(commands, args.command)
-    sys.exit(handler(args, settings, _options(args) if hasattr(args, "max_side") else {}))
+    try:
+        sys.exit(handler(args, settings, _options(args) if hasattr(args, "max_side") else {}))
+    except DepthFleetError as exc:
+        sys.exit(f"depthfleet: {exc.message}{HINTS.get(exc.code, '')}")
+    except KeyboardInterrupt:
+        sys.exit("depthfleet: interrupted; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
     from depthfleet.local import local_system
     from depthfleet.outputs import OutputFolder, find_inputs
     from depthfleet.results import Collector
+    from depthfleet.shared.pipeline import prepare_model_files
 
     source_root = args.dir.resolve()
     inputs = find_inputs([source_root])
@@ -52,10 +53,12 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
         root_url = source_root.as_uri() + "/"
         local = settings.with_(tenant_sources={**settings.tenant_sources, "local": (root_url,)})
         name_of = {inp.path.resolve().as_uri(): inp.name for inp in todo}
+        prepare_model_files(local)  # weights and exported model ready before any worker starts
         with local_system(local, args.out / ".depthfleet", workers, threads) as system:
             client = Client(system.api_url)
             job = client.submit_json({"keys": list(name_of), "options": options})
-            Collector(client, job["id"], folder, lambda item: name_of[item["name"]]).run()
+            Collector(client, job["id"], folder, lambda item: name_of[item["name"]]).run(
+                on_poll=system.check_alive)
     folder.finalize([inp.name for inp in inputs])
     failed = sum(1 for inp in inputs if not folder.is_done(inp.name))
     print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)

@@ -76,6 +76,13 @@ class LocalSystem:
     def env(self) -> dict[str, str]:
         return settings_env(self.settings)
 
+    def check_alive(self) -> None:
+        """Raise if a component died: a run must fail loudly, never wait forever."""
+        for proc in self.processes:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, proc.args[:5]))} exited with status "
+                                   f"{proc.returncode}; see the logs in {self.data_dir / 'logs'}")
+
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process see ``settings``."""

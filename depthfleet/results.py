@@ -27,13 +27,19 @@ class Collector:
         self.failed = 0
         self.pool = ThreadPoolExecutor(workers)
 
-    def run(self, interval: float = 0.5, desc: str = "depth") -> dict[str, Any]:
-        """Collect until the job is finished; returns its final status."""
+    def run(self, interval: float = 0.5, desc: str = "depth",
+            on_poll: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Collect until the job is finished; returns its final status.
+
+        ``on_poll`` runs before every poll (e.g. to fail fast when a local worker died).
+        """
         status = self.client.status(self.job_id)
         if not self.folder.stems:
             self.folder.set_names(self.local_name(item) for item in self.client.iter_items(self.job_id))
         with tqdm(total=status["total"], desc=desc, unit="img", dynamic_ncols=True) as bar:
             while True:
+                if on_poll:
+                    on_poll()
                 status = self.client.status(self.job_id)
                 finished = status["pending"] == 0 and status["status"] in TERMINAL_JOB_STATES
                 bar.update(self._sweep(status["total"]))
