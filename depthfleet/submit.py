@@ -20,7 +20,7 @@ from depthfleet.client import Client
 from depthfleet.outputs import Input, OutputFolder, find_inputs
 from depthfleet.results import Collector
 from depthfleet.shared.settings import Settings
-from depthfleet.client import sha256_file
+from depthfleet.shared.digests import sha256_file
 
 
 class SubmitState:

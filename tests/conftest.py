@@ -6,7 +6,6 @@ time with ``shared/midas/detweights.py`` (seed 1234 reproduces the parity fixtur
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from depthfleet.shared.digests import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared"
@@ -37,14 +38,6 @@ def make_checkpoint(out: Path, seed: int = PARITY_SEED) -> Path:
         check=True, capture_output=True,
     )
     return out
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_manifest(folder: Path) -> list[dict]:
@@ -69,7 +62,7 @@ def checkpoint_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def checkpoint_sha256(checkpoint_path: Path) -> str:
-    return sha256_of(checkpoint_path)
+    return sha256_file(checkpoint_path)
 
 
 @pytest.fixture(scope="session")

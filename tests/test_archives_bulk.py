@@ -13,7 +13,6 @@ import sys
 import tarfile
 import time
 import zipfile
-from pathlib import Path
 
 import boto3
 import pytest

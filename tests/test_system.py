@@ -4,7 +4,6 @@ machine's Redis, and an S3 server process over HTTP.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys

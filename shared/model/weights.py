@@ -33,6 +33,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from depthfleet.shared.digests import sha256_file
 from depthfleet.shared.errors import WeightsError
 from depthfleet.shared.model.cachefiles import locked, publish, temporary_path
 from depthfleet.shared.settings import Settings
@@ -87,14 +88,6 @@ def describe_weights(settings: Settings) -> str:
         f"source  {weights.source}\n"
         f"trust   {trust}"
     )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local(path: Path, settings: Settings) -> ResolvedWeights:
