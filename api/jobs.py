@@ -74,6 +74,7 @@ def item_body(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         "error": record.get("error"), "depth_min": record.get("depth_min"),
         "depth_max": record.get("depth_max"), "artifacts": artifacts,
         "sha256": record.get("sha256"), "reused": bool(record.get("reused")),
+        "retryable": record["status"] == "failed" and bool(record.get("retryable")),
     }
 
 
@@ -162,8 +163,11 @@ def artifact(job_id: str, index: int, filename: str) -> Response:
         if presigned:
             return redirect(presigned, code=302)
     body = storage.local_path(key) or _stored_bytes(storage, key)
-    return send_file(body, mimetype=ARTIFACTS[name].content_type, max_age=3600,
-                     download_name=f"{index}.{filename}")
+    response = send_file(body, mimetype=ARTIFACTS[name].content_type, max_age=3600,
+                         download_name=f"{index}.{filename}")
+    response.cache_control.public = False
+    response.cache_control.private = True  # a tenant's data: never in a shared cache
+    return response
 
 
 def _stored_bytes(storage: Storage, key: str) -> io.BytesIO:

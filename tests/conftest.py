@@ -157,12 +157,12 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_db_url() -> Iterator[str]:
     """A database of the machine's real Redis (127.0.0.1:6379), emptied before and after.
 
-    Each test session takes a random database 1..15 so that sessions running side by side on
-    one machine do not share job state or queues.
+    Each test module takes a random database 1..15, emptied, so that no queued task or counter
+    of an earlier module (or of a session running side by side) leaks into its system.
     """
     import random
 

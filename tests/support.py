@@ -7,6 +7,7 @@ storage an S3 server process spoken to over HTTP.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -16,8 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import requests
 
+from conftest import PHOTOS_DIR
 from depthfleet.local import _spawn, _stop, free_port, wait_until
 
 REDIS_HOST = "127.0.0.1:6379"
@@ -79,6 +83,18 @@ def system_env(redis_url: str, storage_url: str, s3_endpoint: str | None, weight
     return env
 
 
+def s3_system(root: Path, redis_url: str, s3_endpoint: str, weights: Path, bucket: str,
+              **extra: str) -> System:
+    """A deployment (not started yet) storing under a new bucket of the S3 server."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing",
+                 ).create_bucket(Bucket=bucket)
+    env = system_env(redis_url, f"s3://{bucket}/df", s3_endpoint, weights, root / "cache", **extra)
+    return System(env, root / "logs")
+
+
 def poll(fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool],
          timeout: float, interval: float = 0.5) -> dict[str, Any]:
     """Call ``fetch`` until ``done`` holds for its result; fail with the last result on timeout."""
@@ -90,3 +106,17 @@ def poll(fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], b
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s; last: {last}")
+
+
+@functools.lru_cache(maxsize=2)
+def _photo(name: str) -> np.ndarray:
+    return cv2.imread(str(PHOTOS_DIR / name))
+
+
+def tiny_jpeg(seed: int, size: tuple[int, int] = (48, 64), source: str = "coffee.jpg") -> bytes:
+    """A photo-like JPEG crop whose bytes depend on ``seed`` (distinct inputs, no dedup)."""
+    base = _photo(source)
+    y, x = (seed * 7) % (base.shape[0] - size[0]), (seed * 13) % (base.shape[1] - size[1])
+    ok, data = cv2.imencode(".jpg", base[y:y + size[0], x:x + size[1]])
+    assert ok
+    return data.tobytes()

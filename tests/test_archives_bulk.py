@@ -20,7 +20,7 @@ import redis
 import requests
 
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
-from support import System, poll, system_env, tiny_jpeg
+from support import System, poll, s3_system, tiny_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -31,20 +31,16 @@ JOB_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def s3(s3_server):
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    client.create_bucket(Bucket=BUCKET)
-    return client
+    return boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory, redis_db_url, s3_server, s3, checkpoint_path):
-    root = tmp_path_factory.mktemp("bulk")
-    env = system_env(redis_db_url, f"s3://{BUCKET}/df", s3_server, checkpoint_path,
-                     root / "cache", DEPTHFLEET_API_KEYS="carol:key-carol",
-                     DEPTHFLEET_TENANT_SOURCES=f"carol=s3://{BUCKET}/archive/",
-                     DEPTHFLEET_ITEMS_PER_TASK="16")
-    system = System(env, root / "logs")
+def system(tmp_path_factory, redis_db_url, s3_server, checkpoint_path):
+    system = s3_system(tmp_path_factory.mktemp("bulk"), redis_db_url, s3_server,
+                       checkpoint_path, BUCKET, DEPTHFLEET_API_KEYS="carol:key-carol",
+                       DEPTHFLEET_TENANT_SOURCES=f"carol=s3://{BUCKET}/archive/",
+                       DEPTHFLEET_ITEMS_PER_TASK="16")
     try:
         system.start_worker(concurrency=2)
         system.start_api()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import cv2
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ import requests
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
 from depthfleet.outputs import output_stems
 from depthfleet.shared.imaging.encode import decode_pfm
-from support import System, poll, system_env
+from support import System, poll, s3_system, system_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +30,8 @@ JOB_TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory, redis_db_url, s3_server, checkpoint_path):
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing",
-                 ).create_bucket(Bucket=BUCKET)
-    root = tmp_path_factory.mktemp("system")
-    env = system_env(redis_db_url, f"s3://{BUCKET}/df", s3_server, checkpoint_path,
-                     root / "cache", DEPTHFLEET_API_KEYS=TENANT_KEYS)
-    system = System(env, root / "logs")
+    system = s3_system(tmp_path_factory.mktemp("system"), redis_db_url, s3_server,
+                       checkpoint_path, BUCKET, DEPTHFLEET_API_KEYS=TENANT_KEYS)
     try:
         system.start_worker()
         system.start_worker()
