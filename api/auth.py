@@ -6,6 +6,7 @@ setting never exposes it. Keys are compared in constant time and never logged.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 
@@ -32,10 +33,15 @@ def is_loopback(address: str | None) -> bool:
 
 
 def tenant_for_key(keys: dict[str, str], presented: str) -> str | None:
-    """Compare against every key so timing does not reveal which (or whether one) matched."""
+    """Compare against every key so timing does not reveal which (or whether one) matched.
+
+    Digests are compared rather than the keys themselves, so every comparison covers the
+    same 32 bytes whatever the length of the key that was sent.
+    """
+    offered = hashlib.sha256(presented.encode()).digest()
     found = None
     for key, tenant in keys.items():
-        if hmac.compare_digest(key.encode(), presented.encode()):
+        if hmac.compare_digest(hashlib.sha256(key.encode()).digest(), offered):
             found = tenant
     return found
 

@@ -10,7 +10,8 @@ Keys (all expire ``job_ttl_days`` after the job's last change):
                               succeeded, failed, cancelled, reused, cancel_requested
   df:job:{id}:items    hash   index -> item record (JSON)
   df:tenant:{t}:jobs   zset   job id -> created_at (the tenant's job list)
-  df:leases            zset   "{id}:{index}" -> lease expiry of running items (the reaper's view)
+  df:leases            zset   "{id}:{index}" -> lease expiry of items a live task holds (running,
+                              or queued in a running or retrying task): the reaper's view
   df:stats             hash   global counters: pending items (backpressure), model runs
   df:idem:{t}:{key}    string job id created by a request with that Idempotency-Key
   df:lock:{name}       string short-lived, renewable lock (one process computes a deduplicated
@@ -89,6 +90,23 @@ return n
 """
 
 
+# Lease the listed items that are still pending; GT: a lease is extended, never shortened.
+# KEYS: items hash, leases zset. ARGV: job id, lease expiry, item indexes...
+_HOLD_LUA = """
+local n = 0
+for i = 3, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local status = cjson.decode(raw).status
+    if status == 'queued' or status == 'running' then
+      redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[1] .. ':' .. ARGV[i])
+      n = n + 1
+    end
+  end
+end
+return n
+"""
+
 # KEYS: lock key. ARGV: token, new expiry in ms (renew). Acts only for the lock's own holder.
 _LOCK_RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -156,6 +174,7 @@ class JobStore:
         self.ttl = ttl_seconds
         self._transition_script = client.register_script(_TRANSITION_LUA)
         self._cancel_script = client.register_script(_CANCEL_QUEUED_LUA)
+        self._hold_script = client.register_script(_HOLD_LUA)
         self._lock_renew_script = client.register_script(_LOCK_RENEW_LUA)
         self._lock_release_script = client.register_script(_LOCK_RELEASE_LUA)
 
@@ -366,21 +385,25 @@ class JobStore:
         members = self.redis.zrangebyscore(self._LEASES, "-inf", now or time.time(), 0, limit)
         return [(m.decode().rsplit(":", 1)[0], int(m.decode().rsplit(":", 1)[1])) for m in members]
 
-    def renew_lease(self, job_id: str, index: int, lease_seconds: float) -> bool:
-        """Push a running item's lease forward; False once the item has left ``running``."""
-        return bool(self.redis.zadd(self._LEASES, {f"{job_id}:{index}": time.time() + lease_seconds},
-                                    xx=True, ch=True))
+    def hold_items(self, job_id: str, indexes: list[int], seconds: float) -> int:
+        """Lease the items of a task that are still pending for ``seconds`` more (never less).
+
+        A task holds all its items while it runs (its pool process renews them), and keeps
+        them through a retry's countdown, so the reaper leaves them alone; if the process
+        dies, the leases lapse and the reaper sends the items again. Returns how many.
+        """
+        return int(self._hold_script(keys=[self._items_key(job_id), self._LEASES],
+                                     args=[job_id, time.time() + seconds, *indexes]))
 
     def release_item(self, job_id: str, index: int) -> bool:
         """running -> queued: a worker gives the item back (a transient fault; a retry follows)."""
         return self._transition(job_id, index, ("running",), "queued")
 
     def reclaim_item(self, job_id: str, index: int, now: float | None = None) -> bool:
-        """running -> queued for an item whose lease lapsed; the caller sends it as a new task.
+        """Whether an item whose lease lapsed needs a new task (running ones go back to queued).
 
-        The lease is checked again just before the move, so an item whose worker renewed it
-        meanwhile stays where it is. A lease left by an item that is gone (job expired) or
-        no longer running is dropped.
+        The lease is checked again first, so an item renewed meanwhile stays where it is; a
+        lapsed lease is dropped whatever the item's state (finished items need nothing).
         """
         member, now = f"{job_id}:{index}", now or time.time()
         expiry = self.redis.zscore(self._LEASES, member)
@@ -390,7 +413,17 @@ class JobStore:
             self.count("items_reclaimed")
             return True
         self.redis.zrem(self._LEASES, member)
-        return False
+        item = self.item(job_id, index)
+        return item is not None and item["status"] == "queued"
+
+    def unleased_queued_indexes(self, job_id: str) -> list[int]:
+        """Queued items no live task holds: nothing will process them unless they are sent."""
+        queued = self.queued_indexes(job_id)
+        if not queued:
+            return []
+        expiries = self.redis.zmscore(self._LEASES, [f"{job_id}:{i}" for i in queued])
+        now = time.time()
+        return [i for i, expiry in zip(queued, expiries) if expiry is None or expiry <= now]
 
     def stale_jobs_with_queued_items(self, idle_seconds: float) -> Iterator[str]:
         """Jobs holding queued items that nothing changed for ``idle_seconds``.
@@ -437,7 +470,10 @@ class JobStore:
 
 @dataclass(eq=False)
 class Lock:
-    """A lock this process holds: renew it while working, release it when done (hashed by identity)."""
+    """A lock this process holds: renew it while working, release it when done.
+
+    Hashed by identity (``eq=False``), so a holder can keep its locks in a set.
+    """
 
     store: JobStore
     key: str
@@ -450,7 +486,8 @@ class Lock:
 
     def renew(self) -> bool:
         """False if the lock lapsed and someone else may hold it now."""
-        return bool(self.store._lock_renew_script(keys=[self.key], args=[self.token, self.millis]))
+        return bool(self.store._lock_renew_script(keys=[self.key],
+                                                  args=[self.token, self.millis]))
 
     def release(self) -> None:
         self.store._lock_release_script(keys=[self.key], args=[self.token])

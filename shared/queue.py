@@ -2,7 +2,8 @@
 
 Delivery is at-least-once: a task is acknowledged only after it finished (``acks_late``), a
 task whose pool process died is requeued (``task_reject_on_worker_lost``), and a task held by
-a worker that vanished returns to the queue after ``visibility_timeout``. Tasks are idempotent
+a worker that vanished returns to the queue after ``visibility_timeout`` (and the reaper,
+``worker.reaper``, requeues its items once their leases lapse). Tasks are idempotent
 (items in a terminal state are skipped, outputs have deterministic keys), so running one twice
 is harmless. Celery's result backend is not used: job state lives in ``shared.jobs``.
 """
@@ -38,8 +39,15 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.task_time_limit,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        # Ride out a Redis restart while sending (the default gives up after about 0.6 s).
+        task_publish_retry_policy={"max_retries": 10, "interval_start": 0.2,
+                                   "interval_step": 0.5, "interval_max": 2.0},
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # kombu sweeps for unacked messages of vanished workers only every interval x
+            # throttle seconds (10 x 10 by default): make it one sweep per restore interval.
+            "unacked_restore_interval": restore_interval(settings.visibility_timeout),
+            "unacked_restore_throttle": 1,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
             "retry_on_timeout": True,
@@ -53,6 +61,26 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def restore_interval(visibility_timeout: int) -> int:
+    """Seconds between sweeps that return unacked messages older than the visibility timeout."""
+    return max(1, min(10, visibility_timeout // 5))
+
+
+def tasks_waiting(app: Celery) -> bool:
+    """Whether any DepthFleet task waits in the broker for a worker to take it."""
+    from kombu.exceptions import ChannelError
+
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        for queue in (QUEUE, INGEST_QUEUE):
+            try:
+                if channel.queue_declare(queue=queue, passive=True).message_count:
+                    return True
+            except ChannelError:  # the queue's list does not exist: no message waits
+                pass
+    return False
 
 
 def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -> int:

@@ -2,7 +2,8 @@
 
 The parent process prepares the model files (weights download and verification, ONNX export
 in a subprocess) before forking, so every pool process only has to open them; each pool
-process then loads one warm model with pinned threads in ``worker_process_init``.
+process then loads one warm model with pinned threads in ``worker_process_init``. Once the
+worker consumes, its parent also runs the reaper thread (``worker.reaper``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import logging
 import os
 
 from celery import Task
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from depthfleet.shared.pipeline import prepare_model_files
 from depthfleet.shared.queue import INGEST, INGEST_QUEUE, PROCESS_ITEMS, make_celery
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import StorageError
 from depthfleet.worker import ingest, tasks
+from depthfleet.worker.reaper import Reaper
 from depthfleet.worker.runtime import default_threads, init_runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ settings = Settings.from_env()
 app = make_celery(settings)
 # Model loading in a pool process can take longer than Celery's 4 s default start-up allowance.
 app.conf.worker_proc_alive_timeout = 60.0
+reaper = Reaper(app, settings)
 
 
 @app.task(name=PROCESS_ITEMS, bind=True)
@@ -49,3 +52,14 @@ def _prepare(sender: object = None, **_: object) -> None:
 def _load_model(sender: object = None, **_: object) -> None:
     """Pool process: one warm model with pinned threads, loaded once."""
     init_runtime(settings, default_threads(settings, settings.concurrency or (os.cpu_count() or 1)))
+
+
+@worker_ready.connect
+def _start_reaper(sender: object = None, **_: object) -> None:
+    """Parent process, consuming: requeue items of vanished workers and lost tasks."""
+    reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(sender: object = None, **_: object) -> None:
+    reaper.stop()

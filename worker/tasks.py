@@ -3,16 +3,24 @@
 Each item moves queued -> running -> succeeded/failed through the job store, which ignores a
 second finish of the same item, and its artifacts go to content-addressed keys, so a retried
 or redelivered task overwrites what a first attempt wrote and counts nothing twice.
+
+While a task runs, the leases of its items (and the render lock of the result being
+computed) are renewed by the pool process's ``LeaseKeeper``; if the process dies, they lapse
+and the reaper sends the items again.
+A transient fault (storage or Redis unreachable) gives the item back to ``queued`` and retries
+the task with backoff; only storage faults that outlast every retry fail items, retryably.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
 from typing import Any
 
+import redis
 from celery import Task
 
 from depthfleet.shared import layout
@@ -20,34 +28,56 @@ from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.render import render
 from depthfleet.shared.storage import ObjectMissing, StorageError
+from depthfleet.worker import leases
 from depthfleet.worker.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
-STORAGE_RETRIES = 8
 DEDUP_WAIT_SECONDS = 120.0
+MAX_COUNTDOWN = 60
+# Faults that pass: storage or the job store unreachable for a while. The task is retried.
+TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
 
 
 def process_items(task: Task, job_id: str, indexes: list[int]) -> dict[str, int]:
-    """Process ``indexes`` of ``job_id``; storage faults retry the task with backoff."""
+    """Process ``indexes`` of ``job_id``; transient faults retry the task with backoff."""
     rt = runtime()
+    try:
+        with _keeper(rt).holding_items(job_id, indexes):
+            return {"processed": _process_all(rt, job_id, indexes)}
+    except TRANSIENT as exc:
+        return _retry_later(task, rt, job_id, indexes, exc)
+
+
+def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> int:
     status = rt.store.status(job_id)
     if status is None:
         log.warning("job %s no longer exists; dropping %d items", job_id, len(indexes))
-        return {"skipped": len(indexes)}
-    done = 0
-    try:
-        for index in indexes:
-            done += process_item(rt, job_id, index, status.tenant, status.options)
-    except StorageError as exc:
-        if task.request.retries >= STORAGE_RETRIES:
-            _fail_unfinished(rt, job_id, indexes, exc)
-            return {"processed": done}
-        countdown = min(60, 2 ** task.request.retries)
-        log.warning("job %s: storage fault (%s); retry %d in %ss", job_id, exc,
-                    task.request.retries + 1, countdown)
-        raise task.retry(exc=exc, countdown=countdown, max_retries=STORAGE_RETRIES) from exc
-    return {"processed": done}
+        return 0
+    return sum(process_item(rt, job_id, index, status.tenant, status.options)
+               for index in indexes)
+
+
+def retry_countdown(retries: int, visibility_timeout: int) -> int:
+    """Exponential backoff, capped below the visibility timeout: a task waiting for its ETA
+    longer than that would be redelivered by the broker while it waits."""
+    return max(1, min(MAX_COUNTDOWN, 2 ** retries, visibility_timeout // 2))
+
+
+def _retry_later(task: Task, rt: Runtime, job_id: str, indexes: list[int],
+                 exc: Exception) -> dict[str, int]:
+    retries, limit = task.request.retries, rt.settings.storage_retries
+    if retries >= limit:
+        if not isinstance(exc, StorageError):
+            raise exc  # the job store is gone for good: leases and the reaper take over
+        _fail_unfinished(rt, job_id, indexes, exc, limit)
+        return {"processed": 0}
+    countdown = retry_countdown(retries, rt.settings.visibility_timeout)
+    with contextlib.suppress(*TRANSIENT):  # held through the countdown: the reaper waits
+        rt.store.hold_items(job_id, indexes, countdown + rt.settings.lease_seconds)
+    log.warning("job %s: transient fault (%s); retry %d of %d in %ss", job_id, exc,
+                retries + 1, limit, countdown)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=limit) from exc
 
 
 def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
@@ -56,21 +86,26 @@ def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
     if rt.store.cancel_requested(job_id):
         rt.store.cancel_item(job_id, index)
         return 0
-    lease = rt.settings.task_time_limit
-    if not rt.store.start_item(job_id, index, lease):
+    if not rt.store.start_item(job_id, index, rt.settings.lease_seconds):
         return 0  # already finished by an earlier delivery of this task
     item = rt.store.item(job_id, index) or {}
     try:
         result = _produce(rt, tenant, item["source"], options)
     except InputError as exc:
         return int(rt.store.fail_item(job_id, index, exc.code, exc.message, final=True))
-    except StorageError:
+    except TRANSIENT:
+        with contextlib.suppress(*TRANSIENT):
+            rt.store.release_item(job_id, index)  # back to queued: the task's retry takes it
         raise
     except Exception as exc:  # a bug or a machine fault: this item fails, retryable, the rest go on
         log.exception("job %s item %d: unexpected error", job_id, index)
         return int(rt.store.fail_item(job_id, index, "internal_error",
                                       f"processing failed: {type(exc).__name__}", final=False))
     return int(rt.store.succeed_item(job_id, index, result))
+
+
+def _keeper(rt: Runtime) -> leases.LeaseKeeper:
+    return leases.keeper(rt.store, rt.settings.lease_seconds)
 
 
 def _read_source(rt: Runtime, source: str) -> bytes:
@@ -89,31 +124,46 @@ def _produce(rt: Runtime, tenant: str, source: str, options: dict[str, Any]) -> 
     max_side = options.get("max_side")
     outputs = options.get("outputs") or list(ARTIFACTS)
     prefix = layout.result_prefix(tenant, sha, layout.variant(rt.weights_sha256, max_side))
-    meta = _existing_result(rt, prefix, outputs)
-    if meta is None:
-        with rt.store.render_lock(f"{tenant}:{prefix}", DEDUP_WAIT_SECONDS) as owner:
-            meta = None if owner else _existing_result(rt, prefix, outputs, wait=True)
-            if meta is None:
-                meta = _compute(rt, data, prefix, outputs, max_side)
-                return {**meta, "sha256": sha, "reused": False}
-    return {**meta, "sha256": sha, "reused": True}
+    meta, reused = _result_once(rt, data, prefix, outputs, max_side)
+    return {**meta, "sha256": sha, "reused": reused}
 
 
-def _existing_result(rt: Runtime, prefix: str, outputs: list[str],
-                     wait: bool = False) -> dict[str, Any] | None:
-    """The stored result's metadata if it has every requested artifact (optionally waiting for it)."""
-    deadline = time.monotonic() + (DEDUP_WAIT_SECONDS if wait else 0)
+def _result_once(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
+                 max_side: int | None) -> tuple[dict[str, Any], bool]:
+    """The stored result (reused), else one computed here under the prefix's render lock.
+
+    While another process holds the lock we wait for its result; if the lock lapses without
+    one (its holder died or failed), we take over. After ``DEDUP_WAIT_SECONDS`` we compute
+    regardless, so a stuck holder never blocks an item for good.
+    """
+    deadline = time.monotonic() + DEDUP_WAIT_SECONDS
     while True:
-        try:
-            meta = json.loads(rt.storage.get(layout.result_meta_key(prefix)))
-        except ObjectMissing:
-            meta = None
-        if meta is not None and all(name in meta["artifacts"] for name in outputs):
-            meta["artifacts"] = {n: meta["artifacts"][n] for n in outputs}
-            return meta
+        meta = _existing_result(rt, prefix, outputs)
+        if meta is not None:
+            return meta, True
+        lock = rt.store.acquire_lock(f"render:{prefix}", rt.settings.lease_seconds)
+        if lock is not None:
+            with _keeper(rt).holding_lock(lock):
+                meta = _existing_result(rt, prefix, outputs)  # finished while we asked?
+                if meta is not None:
+                    return meta, True
+                return _compute(rt, data, prefix, outputs, max_side), False
         if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.2)
+            return _compute(rt, data, prefix, outputs, max_side), False
+        while rt.store.lock_held(f"render:{prefix}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def _existing_result(rt: Runtime, prefix: str, outputs: list[str]) -> dict[str, Any] | None:
+    """The stored result's metadata if it has every requested artifact."""
+    try:
+        meta = json.loads(rt.storage.get(layout.result_meta_key(prefix)))
+    except ObjectMissing:
+        return None
+    if not all(name in meta["artifacts"] for name in outputs):
+        return None
+    meta["artifacts"] = {n: meta["artifacts"][n] for n in outputs}
+    return meta
 
 
 def _compute(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
@@ -130,9 +180,10 @@ def _compute(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
     return meta
 
 
-def _fail_unfinished(rt: Runtime, job_id: str, indexes: list[int], exc: StorageError) -> None:
+def _fail_unfinished(rt: Runtime, job_id: str, indexes: list[int], exc: StorageError,
+                     retries: int) -> None:
     """Storage stayed down through every retry: fail the rest, retryable via POST .../retry."""
     for index in indexes:
         rt.store.fail_item(job_id, index, "storage_unavailable",
-                           f"storage unreachable after {STORAGE_RETRIES} retries: {exc.message}",
+                           f"storage unreachable after {retries} retries: {exc.message}",
                            final=False)

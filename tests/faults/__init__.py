@@ -1,0 +1,1 @@
+"""Fault-injection suite: real processes killed, cut off and restarted (marker ``faults``)."""
