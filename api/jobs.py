@@ -96,11 +96,11 @@ def create_job() -> tuple[Response, int, dict[str, str]]:
     job_id, queued = store.create_job(tenant, job_request.items, job_request.options,
                                       ingesting=bool(job_request.deferred))
     accepted = _job_or_404(job_id)  # as committed, before any worker can touch it
+    if idempotency_key:  # before sending: a client retrying a failed send gets this same job
+        store.remember_idempotency_key(tenant, idempotency_key, job_id)
     _enqueue(job_id, queued)
     if job_request.deferred:
         enqueue_ingest(services.celery(), job_id, job_request.deferred)
-    if idempotency_key:
-        store.remember_idempotency_key(tenant, idempotency_key, job_id)
     return _accepted(accepted)
 
 
