@@ -13,7 +13,7 @@ from depthfleet.shared.settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Application factory (gunicorn: ``depthfleet.api:create_app()``)."""
-    from depthfleet.api import auth, errors, health, jobs, services, uploads, web
+    from depthfleet.api import auth, errors, health, jobs, metrics, services, uploads, web
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 1 << 20  # text fields only; files spool to disk
     app.json.sort_keys = False
     services.init_app(app, settings)
+    metrics.init_app(app)  # first: times every request, even those auth refuses
     errors.init_app(app)
     auth.init_app(app)
     for blueprint in (health.bp, jobs.bp, uploads.bp, web.bp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
+from depthfleet.api import metrics as api_metrics
 from depthfleet.api import services
 from depthfleet.api.errors import error_response
 
@@ -35,6 +36,7 @@ def readyz() -> Response | dict[str, object]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    """Every gunicorn worker's series (multiprocess mode), queue depth, process memory."""
+    from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(api_metrics.render(), mimetype=CONTENT_TYPE_LATEST)

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
     from depthfleet.client import Client
     from depthfleet.local import local_system
     from depthfleet.outputs import OutputFolder, find_inputs
-    from depthfleet.results import Collector
+    from depthfleet.results import Collector, StoredArtifacts
     from depthfleet.shared.pipeline import prepare_model_files
 
     source_root = args.dir.resolve()
@@ -56,8 +56,8 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
         with local_system(local, args.out / ".depthfleet", workers, threads) as system:
             client = Client(system.api_url)
             job = client.submit_json({"keys": list(name_of), "options": options})
-            Collector(client, job["id"], folder, lambda item: name_of[item["name"]]).run(
-                on_poll=system.check_alive)
+            Collector(client, job["id"], folder, lambda item: name_of[item["name"]],
+                      stored=StoredArtifacts.open(system.settings)).run(on_poll=system.check_alive)
     folder.finalize([inp.name for inp in inputs])
     failed = sum(1 for inp in inputs if not folder.is_done(inp.name))
     print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
@@ -105,14 +105,17 @@ def weights(args: argparse.Namespace, settings: Settings, options: dict[str, Any
 
 
 def api(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
-    """Exec gunicorn (threads absorb slow uploads; no per-request state is kept in memory)."""
+    """Exec gunicorn, configured by ``depthfleet.api.gunicorn_conf`` (JSON logs, metrics)."""
+    from depthfleet.shared.metrics import MULTIPROC_ENV, fresh_metrics_dir
+
     if not settings.api_keys and args.host not in ("127.0.0.1", "::1", "localhost"):
-        print("depthfleet: no DEPTHFLEET_API_KEYS set, so only loopback clients will be served",
-              file=sys.stderr)
+        print(f"depthfleet: refusing to listen on {args.host} without DEPTHFLEET_API_KEYS "
+              "(anonymous access is for loopback only)", file=sys.stderr)
+        return 2
+    os.environ[MULTIPROC_ENV] = fresh_metrics_dir("api")  # gunicorn workers share metrics
     os.execv(sys.executable, [
-        sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
-        "--workers", str(args.processes), "--worker-class", "gthread", "--threads", "8",
-        "--timeout", "600", "--graceful-timeout", "30", "--access-logfile", "-",
+        sys.executable, "-m", "gunicorn", "--config", "python:depthfleet.api.gunicorn_conf",
+        "--bind", f"{args.host}:{args.port}", "--workers", str(args.processes),
         "depthfleet.api:create_app()",
     ])
     return 1  # not reached
@@ -120,6 +123,7 @@ def api(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
 
 def worker(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
     """Exec a Celery worker: N pool processes x T threads, pinned through the environment."""
+    from depthfleet.shared.metrics import MULTIPROC_ENV, fresh_metrics_dir
     from depthfleet.shared.queue import INGEST_QUEUE, QUEUE
 
     concurrency = args.concurrency or settings.concurrency or _cores()
@@ -127,8 +131,9 @@ def worker(args: argparse.Namespace, settings: Settings, options: dict[str, Any]
     os.environ.update({"DEPTHFLEET_CONCURRENCY": str(concurrency),
                        "DEPTHFLEET_THREADS": str(threads)})
     os.environ.update({name: str(threads) for name in THREAD_ENV})
+    os.environ[MULTIPROC_ENV] = fresh_metrics_dir("worker")  # pool processes share metrics
     os.execv(sys.executable, [
-        sys.executable, "-m", "celery", "-A", "depthfleet.worker.app", "worker",
+        sys.executable, "-m", "celery", "-A", "depthfleet.worker.app", "--quiet", "worker",
         "--concurrency", str(concurrency), "--pool", "prefork", "--queues", f"{QUEUE},{INGEST_QUEUE}",
         "--hostname", f"worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
         "--loglevel", settings.log_level,

@@ -18,13 +18,14 @@ from depthfleet.shared.pipeline import prepare_model_files
 from depthfleet.shared.queue import INGEST, INGEST_QUEUE, PROCESS_ITEMS, make_celery
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import StorageError
-from depthfleet.worker import ingest, tasks
+from depthfleet.worker import ingest, observability, tasks
 from depthfleet.worker.reaper import Reaper
 from depthfleet.worker.runtime import default_threads, init_runtime, runtime
 
 log = logging.getLogger(__name__)
 
 settings = Settings.from_env()
+observability.install(settings)  # first: its worker_init handler serves health during _prepare
 app = make_celery(settings)
 # Model loading in a pool process can take longer than Celery's 4 s default start-up allowance.
 app.conf.worker_proc_alive_timeout = 60.0
@@ -45,13 +46,16 @@ def ingest_sources(job_id: str, deferred: list[dict[str, str]]) -> dict[str, int
 @worker_init.connect
 def _prepare(sender: object = None, **_: object) -> None:
     """Parent process, before the fork: fetch and verify weights, export the fast model once."""
-    prepare_model_files(settings)
+    with observability.model_phase("prepare"):
+        prepare_model_files(settings)
 
 
 @worker_process_init.connect
 def _load_model(sender: object = None, **_: object) -> None:
     """Pool process: one warm model with pinned threads, loaded once."""
-    init_runtime(settings, default_threads(settings, settings.concurrency or (os.cpu_count() or 1)))
+    with observability.model_phase("load"):  # a finished load makes this process ready
+        threads = default_threads(settings, settings.concurrency or (os.cpu_count() or 1))
+        init_runtime(settings, threads)
 
 
 @worker_ready.connect

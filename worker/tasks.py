@@ -26,9 +26,10 @@ from celery import Task
 from depthfleet.shared import layout
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.encode import ARTIFACTS
+from depthfleet.shared.metrics import count_item, observe_stage
 from depthfleet.shared.render import render
 from depthfleet.shared.storage import ObjectMissing, StorageError
-from depthfleet.worker import leases
+from depthfleet.worker import leases, observability
 from depthfleet.worker.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -83,25 +84,34 @@ def _retry_later(task: Task, rt: Runtime, job_id: str, indexes: list[int],
 def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
                  options: dict[str, Any]) -> int:
     """One item, start to finish; returns 1 if this call finished it."""
+    with observability.item_scope(job_id, index, tenant):
+        return _process_item(rt, job_id, index, tenant, options)
+
+
+def _process_item(rt: Runtime, job_id: str, index: int, tenant: str,
+                  options: dict[str, Any]) -> int:
     if rt.store.cancel_requested(job_id):
-        rt.store.cancel_item(job_id, index)
+        count_item("cancelled", rt.store.cancel_item(job_id, index))
         return 0
     if not rt.store.start_item(job_id, index, rt.settings.lease_seconds):
         return 0  # already finished by an earlier delivery of this task
+    observability.item_started()
     item = rt.store.item(job_id, index) or {}
     try:
         result = _produce(rt, tenant, item["source"], options)
     except InputError as exc:
-        return int(rt.store.fail_item(job_id, index, exc.code, exc.message, final=True))
+        return int(count_item("failed", rt.store.fail_item(job_id, index, exc.code, exc.message,
+                                                          final=True)))
     except TRANSIENT:
         with contextlib.suppress(*TRANSIENT):
             rt.store.release_item(job_id, index)  # back to queued: the task's retry takes it
         raise
     except Exception as exc:  # a bug or a machine fault: this item fails, retryable, the rest go on
         log.exception("job %s item %d: unexpected error", job_id, index)
-        return int(rt.store.fail_item(job_id, index, "internal_error",
-                                      f"processing failed: {type(exc).__name__}", final=False))
-    return int(rt.store.succeed_item(job_id, index, result))
+        return int(count_item("failed", rt.store.fail_item(
+            job_id, index, "internal_error", f"processing failed: {type(exc).__name__}",
+            final=False)))
+    return int(count_item("succeeded", rt.store.succeed_item(job_id, index, result)))
 
 
 def _keeper(rt: Runtime) -> leases.LeaseKeeper:
@@ -111,7 +121,8 @@ def _keeper(rt: Runtime) -> leases.LeaseKeeper:
 def _read_source(rt: Runtime, source: str) -> bytes:
     """An uploaded input (a storage key) or a photo already in a bucket (a source URL)."""
     try:
-        return rt.sources.read(source) if "://" in source else rt.storage.get(source)
+        with observe_stage("storage"):
+            return rt.sources.read(source) if "://" in source else rt.storage.get(source)
     except ObjectMissing:
         raise InputError("source_missing", f"the input object {source!r} does not exist",
                          404) from None
@@ -157,7 +168,8 @@ def _result_once(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
 def _existing_result(rt: Runtime, prefix: str, outputs: list[str]) -> dict[str, Any] | None:
     """The stored result's metadata if it has every requested artifact."""
     try:
-        meta = json.loads(rt.storage.get(layout.result_meta_key(prefix)))
+        with observe_stage("storage"):
+            meta = json.loads(rt.storage.get(layout.result_meta_key(prefix)))
     except ObjectMissing:
         return None
     if not all(name in meta["artifacts"] for name in outputs):
@@ -171,12 +183,14 @@ def _compute(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
     rendered = render(data, rt.estimator, outputs, max_side, rt.settings.max_pixels)
     rt.store.count_model_run()
     artifacts = {}
-    for name, blob in rendered.artifacts.items():
-        key = layout.artifact_key(prefix, ARTIFACTS[name].filename)
-        rt.storage.put(key, blob, ARTIFACTS[name].content_type)
-        artifacts[name] = key
-    meta = {**rendered.summary(), "artifacts": artifacts}
-    rt.storage.put(layout.result_meta_key(prefix), json.dumps(meta).encode(), "application/json")
+    with observe_stage("storage"):
+        for name, blob in rendered.artifacts.items():
+            key = layout.artifact_key(prefix, ARTIFACTS[name].filename)
+            rt.storage.put(key, blob, ARTIFACTS[name].content_type)
+            artifacts[name] = key
+        meta = {**rendered.summary(), "artifacts": artifacts}
+        rt.storage.put(layout.result_meta_key(prefix), json.dumps(meta).encode(),
+                       "application/json")
     return meta
 
 
@@ -184,6 +198,6 @@ def _fail_unfinished(rt: Runtime, job_id: str, indexes: list[int], exc: StorageE
                      retries: int) -> None:
     """Storage stayed down through every retry: fail the rest, retryable via POST .../retry."""
     for index in indexes:
-        rt.store.fail_item(job_id, index, "storage_unavailable",
-                           f"storage unreachable after {retries} retries: {exc.message}",
-                           final=False)
+        count_item("failed", rt.store.fail_item(
+            job_id, index, "storage_unavailable",
+            f"storage unreachable after {retries} retries: {exc.message}", final=False))
