@@ -50,7 +50,9 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
         workers = args.workers or settings.concurrency or _cores()
         threads = args.threads or settings.threads or max(1, _cores() // workers)
         root_url = source_root.as_uri() + "/"
-        local = settings.with_(tenant_sources={**settings.tenant_sources, "local": (root_url,)})
+        # One machine, one run: no fleet metrics server listening on every interface.
+        local = settings.with_(tenant_sources={**settings.tenant_sources, "local": (root_url,)},
+                               metrics_port=0)
         name_of = {inp.path.resolve().as_uri(): inp.name for inp in todo}
         prepare_model_files(local)  # weights and exported model ready before any worker starts
         with local_system(local, args.out / ".depthfleet", workers, threads) as system:

@@ -25,6 +25,9 @@ import requests
 from depthfleet.shared.settings import Settings
 
 
+LOCAL_ITEMS_PER_TASK = 1  # Celery spends a few ms per task; a small photo takes ~100 ms
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,6 +79,14 @@ class LocalSystem:
     def env(self) -> dict[str, str]:
         return settings_env(self.settings)
 
+    def start_workers(self, workers: int, threads: int) -> subprocess.Popen:
+        """One ``depthfleet worker``: ``workers`` pool processes of ``threads`` threads each."""
+        proc = _spawn([sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency",
+                       str(workers), "--threads", str(threads)], self.env(),
+                      self.data_dir / "logs" / "worker.log")
+        self.processes.append(proc)
+        return proc
+
     def check_alive(self) -> None:
         """Raise if a component died: a run must fail loudly, never wait forever."""
         for proc in self.processes:
@@ -94,8 +105,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "DEPTHFLEET_WEIGHTS_SHA256": settings.weights_sha256,
         "DEPTHFLEET_CACHE_DIR": str(settings.cache_dir),
         "DEPTHFLEET_BACKEND": settings.backend,
+        "DEPTHFLEET_PRECISION": settings.precision,
+        "DEPTHFLEET_FAST_DECODE": "1" if settings.fast_decode else "",
         "DEPTHFLEET_MAX_PIXELS": str(settings.max_pixels),
         "DEPTHFLEET_ITEMS_PER_TASK": str(settings.items_per_task),
+        "DEPTHFLEET_METRICS_PORT": str(settings.metrics_port),
         "DEPTHFLEET_TENANT_SOURCES": ";".join(
             f"{t}={'|'.join(p)}" for t, p in settings.tenant_sources.items()),
     }
@@ -139,7 +153,10 @@ def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen]:
 @contextlib.contextmanager
 def local_system(settings: Settings, data_dir: Path, workers: int,
                  threads: int) -> Iterator[LocalSystem]:
-    """Start what ``settings`` does not point at, plus an API and ``workers`` worker processes."""
+    """Start what ``settings`` does not point at, plus an API and ``workers`` worker processes.
+
+    With ``workers=0`` no worker starts (``LocalSystem.start_workers`` starts them later).
+    """
     system = LocalSystem(settings, "", data_dir)
     try:
         if not settings.redis_url:
@@ -148,6 +165,11 @@ def local_system(settings: Settings, data_dir: Path, workers: int,
             settings = settings.with_(redis_url=url)
         if not settings.storage_url:
             settings = settings.with_(storage_url=(data_dir / "storage").resolve().as_uri())
+        # A job is split into tasks of this many items; one worker process takes a whole task.
+        # The fleet default (8) lets one process end a job alone with up to 8 photos while the
+        # others idle: 12 photos of 12 MP on 2 processes took 8 photo-times instead of 6.
+        # On one machine every process is ours, so each photo is a task of its own.
+        settings = settings.with_(items_per_task=min(settings.items_per_task, LOCAL_ITEMS_PER_TASK))
         system.settings = settings
         env = system.env()
         port = free_port()
@@ -155,9 +177,8 @@ def local_system(settings: Settings, data_dir: Path, workers: int,
         api = _spawn([sys.executable, "-m", "depthfleet.cli", "api", "--host", "127.0.0.1",
                       "--port", str(port)], env, data_dir / "logs" / "api.log")
         system.processes.append(api)
-        system.processes.append(_spawn(
-            [sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency", str(workers),
-             "--threads", str(threads)], env, data_dir / "logs" / "worker.log"))
+        if workers:
+            system.start_workers(workers, threads)
         wait_until(lambda: requests.get(f"{system.api_url}/readyz", timeout=2).ok, "API", 60, api)
         yield system
     finally:

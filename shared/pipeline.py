@@ -15,8 +15,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from depthfleet.shared.model.backends import OnnxRuntimeBackend, TorchBackend
-from depthfleet.shared.model.onnx_export import exported_onnx
+from depthfleet.shared.model.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+from depthfleet.shared.model.onnx_export import exported_onnx, ort_optimized
 from depthfleet.shared.model.weights import ResolvedWeights, resolve_weights
 from depthfleet.shared.settings import Settings
 
@@ -26,6 +26,7 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SCALE, OFFSET = 1 / (255 * STD), MEAN / STD  # (x / 255 - mean) / std == x * SCALE - OFFSET
 CUBIC_A = np.float32(-0.75)  # OpenCV's INTER_CUBIC kernel (torch's bicubic uses the same)
+EXACT_BACKENDS = ("onnxruntime", "torch")  # fp32, within 2e-6 of the official outputs
 
 
 class Backend(Protocol):
@@ -47,17 +48,31 @@ class Prediction:
 
 
 class DepthEstimator:
-    """The whole pipeline around one backend."""
+    """The whole pipeline around one backend.
 
-    def __init__(self, backend: Backend) -> None:
+    ``draft_decode`` (opt-in, inexact) lets callers decode big JPEGs at reduced DCT scale:
+    the network sees 256 px, so 12 MP of exact pixels are mostly decoded for nothing.
+    """
+
+    def __init__(self, backend: Backend, draft_decode: bool = False) -> None:
         self.backend = backend
+        self.draft_decode = draft_decode
 
-    def predict(self, rgb: np.ndarray, max_side: int | None = None) -> Prediction:
-        """Depth for an (H, W, 3) uint8 RGB photo, at its size or capped to ``max_side``."""
+    @property
+    def exact(self) -> bool:
+        """Whether results match the official pipeline (parity), so may mix with reference ones."""
+        return self.backend.name in EXACT_BACKENDS and not self.draft_decode
+
+    def predict(self, rgb: np.ndarray, max_side: int | None = None,
+                photo_size: tuple[int, int] | None = None) -> Prediction:
+        """Depth for an (H, W, 3) uint8 RGB photo, at its size or capped to ``max_side``.
+
+        ``photo_size`` (H, W) is the photo's own size when ``rgb`` was decoded smaller.
+        """
         x = prepare_input(rgb)
         net_output = self.backend(x)
-        size = output_size(rgb.shape[0], rgb.shape[1], max_side)
-        return Prediction(x, net_output, upsample(net_output, size))
+        height, width = photo_size or rgb.shape[:2]
+        return Prediction(x, net_output, upsample(net_output, output_size(height, width, max_side)))
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,8 @@ class ModelFiles:
     """What a machine needs on disk before a process can build its backend."""
 
     weights: ResolvedWeights
-    onnx: Path | None  # the exported model, for the onnxruntime backend
+    onnx: Path | None  # the exported model, portable (OpenVINO reads it)
+    ort_model: Path | None  # the same, as ONNX Runtime optimized it for this CPU
 
 
 def prepare_model_files(settings: Settings) -> ModelFiles:
@@ -75,16 +91,27 @@ def prepare_model_files(settings: Settings) -> ModelFiles:
     forking workers, whose ``load_backend`` then only finds the files in the cache.
     """
     weights = resolve_weights(settings)
-    onnx = exported_onnx(weights, settings.cache_dir) if settings.backend == "onnxruntime" else None
-    return ModelFiles(weights, onnx)
+    if settings.precision == "bf16":
+        return ModelFiles(weights, exported_onnx(weights, settings.cache_dir), None)
+    if settings.backend == "onnxruntime":
+        onnx = exported_onnx(weights, settings.cache_dir)
+        return ModelFiles(weights, onnx, ort_optimized(onnx))
+    return ModelFiles(weights, None, None)
 
 
-def load_backend(settings: Settings, threads: int) -> Backend:
-    """``settings.backend`` on the verified weights, with ``threads`` (>= 1) intra-op threads."""
+def load_backend(settings: Settings, threads: int, callers: int = 1) -> Backend:
+    """The configured backend on the verified weights.
+
+    Each call runs on ``threads`` (>= 1) threads; ``callers`` threads may call at once.
+    ``DEPTHFLEET_PRECISION=bf16`` selects OpenVINO bf16 whatever the backend setting.
+    """
     files = prepare_model_files(settings)
-    if files.onnx is None:
-        return TorchBackend(files.weights.path, threads, files.weights.sha256)
-    return OnnxRuntimeBackend(files.onnx, threads, files.weights.sha256)
+    sha256 = files.weights.sha256
+    if settings.precision == "bf16" and files.onnx:
+        return OpenVinoBackend(files.onnx, threads, sha256, callers)
+    if files.ort_model:
+        return OnnxRuntimeBackend(files.ort_model, threads, sha256)
+    return TorchBackend(files.weights.path, threads, sha256)
 
 
 def network_size(width: int, height: int) -> tuple[int, int]:

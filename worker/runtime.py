@@ -6,12 +6,14 @@ so no process inherits half-initialised thread pools or sockets.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 
 from depthfleet.shared.jobs import JobStore, connect
+from depthfleet.shared.memory import reuse_photo_buffers
 from depthfleet.shared.pipeline import DepthEstimator, load_backend
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.sources import SourceReader
@@ -29,7 +31,7 @@ class Runtime:
     storage: Storage
     sources: SourceReader
     estimator: DepthEstimator
-    weights_sha256: str
+    weights_sha256: str  # keys stored results: see ``result_identity``
     threads: int
 
 
@@ -40,7 +42,19 @@ def default_threads(settings: Settings, processes: int) -> int:
     """``DEPTHFLEET_THREADS``, else the cores shared evenly among the pool processes."""
     if settings.threads:
         return settings.threads
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+
+
+def result_identity(estimator: DepthEstimator, weights_sha256: str) -> str:
+    """What stored results are keyed by, so results of different arithmetic never mix.
+
+    The weights' sha256 on the exact path; with an opt-in approximation (bf16, draft
+    decoding) a hash of it and the approximation, so neither side reuses the other's results.
+    """
+    if estimator.exact:
+        return weights_sha256
+    approximation = f"{weights_sha256}:{estimator.backend.name}:draft={estimator.draft_decode}"
+    return hashlib.sha256(approximation.encode()).hexdigest()
 
 
 def pin_threads(threads: int) -> None:
@@ -57,15 +71,17 @@ def init_runtime(settings: Settings, threads: int) -> Runtime:
     global _runtime
     if _runtime is None:
         started = time.perf_counter()
+        reuse_photo_buffers()
         pin_threads(threads)
         backend = load_backend(settings, threads)
+        estimator = DepthEstimator(backend, settings.fast_decode)
         _runtime = Runtime(
             settings=settings,
             store=JobStore(connect(settings.redis_url or ""), settings.job_ttl_days * 86400),
             storage=open_storage(settings),
             sources=SourceReader(settings),
-            estimator=DepthEstimator(backend),
-            weights_sha256=backend.weights_sha256,
+            estimator=estimator,
+            weights_sha256=result_identity(estimator, backend.weights_sha256),
             threads=threads,
         )
         log.info("model ready in %.2fs (%s, %d threads)", time.perf_counter() - started,

@@ -1,0 +1,1 @@
+"""Measurements that print ratios from one run (``python -m bench.run``)."""
