@@ -8,11 +8,15 @@ storage an S3 server process spoken to over HTTP.
 from __future__ import annotations
 
 import functools
+import io
+import tarfile
+import zipfile
+from contextlib import contextmanager
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,3 +124,37 @@ def tiny_jpeg(seed: int, size: tuple[int, int] = (48, 64), source: str = "coffee
     ok, data = cv2.imencode(".jpg", base[y:y + size[0], x:x + size[1]])
     assert ok
     return data.tobytes()
+
+
+@contextmanager
+def running(system: System, workers: tuple[int, ...] = (1, 1)) -> Iterator[System]:
+    """Start one worker per entry of ``workers`` (its pool size) and the API; stop all after."""
+    try:
+        for concurrency in workers:
+            system.start_worker(concurrency=concurrency)
+        system.start_api()
+        yield system
+    finally:
+        system.stop()
+
+
+def build_archive(members: dict[str, bytes], kind: str) -> bytes:
+    """A ``zip``, ``tar`` or ``tar.gz`` of ``members`` plus a symlink entry ``link.jpg``."""
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(zipfile.ZipInfo(name), data)
+            link = zipfile.ZipInfo("link.jpg")
+            link.external_attr = 0o120777 << 16
+            archive.writestr(link, "/etc/passwd")
+        return buffer.getvalue()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if kind == "tar.gz" else "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    return buffer.getvalue()

@@ -4,15 +4,12 @@ cancelling, and a ``depthfleet submit`` that is killed and restarted. Real proce
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
-import zipfile
 
 import boto3
 import pytest
@@ -20,7 +17,7 @@ import redis
 import requests
 
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
-from support import System, poll, s3_system, tiny_jpeg
+from support import System, build_archive, poll, running, s3_system, tiny_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +38,8 @@ def system(tmp_path_factory, redis_db_url, s3_server, checkpoint_path):
                        checkpoint_path, BUCKET, DEPTHFLEET_API_KEYS="carol:key-carol",
                        DEPTHFLEET_TENANT_SOURCES=f"carol=s3://{BUCKET}/archive/",
                        DEPTHFLEET_ITEMS_PER_TASK="16")
-    try:
-        system.start_worker(concurrency=2)
-        system.start_api()
+    with running(system, workers=(2,)):
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture()
@@ -75,29 +68,12 @@ def manifest(system: System, job_id: str) -> list[dict]:
 
 def photo_archive(kind: str) -> bytes:
     """The reference photos, three bad files, a traversal name and a link, as zip or tar.gz."""
-    members = [(f"photos/{p['file']}", (PHOTOS_DIR / p["file"]).read_bytes())
-               for p in load_manifest(PHOTOS_DIR)[:6]]
-    members += [(f"bad/{b}", (BAD_DIR / b).read_bytes())
-                for b in ("empty.jpg", "plain_text.txt", "truncated_40pct.jpg")]
-    members += [("../evil.jpg", (PHOTOS_DIR / "tiny_8x8.jpg").read_bytes())]
-    buffer = io.BytesIO()
-    if kind == "zip":
-        with zipfile.ZipFile(buffer, "w") as archive:
-            for name, data in members:
-                archive.writestr(name, data)
-            link = zipfile.ZipInfo("link.jpg")
-            link.external_attr = 0o120777 << 16
-            archive.writestr(link, "/etc/passwd")
-    else:
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            for name, data in members:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                archive.addfile(info, io.BytesIO(data))
-            link = tarfile.TarInfo("link.jpg")
-            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-            archive.addfile(link)
-    return buffer.getvalue()
+    members = {f"photos/{p['file']}": (PHOTOS_DIR / p["file"]).read_bytes()
+               for p in load_manifest(PHOTOS_DIR)[:6]}
+    members |= {f"bad/{b}": (BAD_DIR / b).read_bytes()
+                for b in ("empty.jpg", "plain_text.txt", "truncated_40pct.jpg")}
+    members["../evil.jpg"] = (PHOTOS_DIR / "tiny_8x8.jpg").read_bytes()
+    return build_archive(members, kind)
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])

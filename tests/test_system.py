@@ -17,7 +17,7 @@ import requests
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
 from depthfleet.outputs import output_stems
 from depthfleet.shared.imaging.encode import decode_pfm
-from support import System, poll, s3_system, system_env
+from support import System, poll, running, s3_system, system_env
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,8 @@ JOB_TIMEOUT = 600
 def system(tmp_path_factory, redis_db_url, s3_server, checkpoint_path):
     system = s3_system(tmp_path_factory.mktemp("system"), redis_db_url, s3_server,
                        checkpoint_path, BUCKET, DEPTHFLEET_API_KEYS=TENANT_KEYS)
-    try:
-        system.start_worker()
-        system.start_worker()
-        system.start_api()
+    with running(system):
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from conftest import BAD_DIR, PHOTOS_DIR, REPO
 from depthfleet.shared.imaging.encode import decode_pfm
-from support import System, s3_system, tiny_jpeg
+from support import System, running, s3_system, tiny_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,8 @@ def system(tmp_path_factory, redis_db_url, s3_server, checkpoint_path) -> Iterat
     """A keyless API (loopback clients, as tenant ``local``) and two one-thread workers."""
     system = s3_system(tmp_path_factory.mktemp("web"), redis_db_url, s3_server, checkpoint_path,
                        "depthfleet-web")
-    try:
-        system.start_worker()
-        system.start_worker()
-        system.start_api()
+    with running(system):
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture(scope="module")

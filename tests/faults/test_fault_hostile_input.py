@@ -9,10 +9,6 @@ paths, links): they become failed items and nothing is written outside storage.
 from __future__ import annotations
 
 import json
-
-import io
-import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +16,7 @@ import requests
 
 from conftest import BAD_DIR, allowed_outcomes, load_manifest, outcome_of
 from faults.faultkit import all_items, wait_finished, wait_for_pool, write_images
+from support import build_archive
 
 pytestmark = pytest.mark.faults
 
@@ -30,30 +27,6 @@ ESCAPES = {"../escape.jpg": "unsafe_path", "/etc/evil.jpg": "unsafe_path",
 
 def _bad_entries() -> list[dict]:
     return load_manifest(BAD_DIR)
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(zipfile.ZipInfo(name), data)
-        link = zipfile.ZipInfo("link.jpg")
-        link.external_attr = 0o120777 << 16
-        archive.writestr(link, "/etc/passwd")
-    return buffer.getvalue()
-
-
-def _tar(files: dict[str, bytes], mode: str) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("link.jpg")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        archive.addfile(link)
-    return buffer.getvalue()
 
 
 def _archive_members(good: list[Path]) -> dict[str, bytes]:
@@ -128,8 +101,8 @@ def test_bad_files_alone_in_batches_and_archives(deploy, tmp_path):
     _check_bad(outcomes)
 
     members = _archive_members(good)
-    for name, data in (("a.zip", _zip(members)), ("a.tar", _tar(members, "w")),
-                       ("a.tar.gz", _tar(members, "w:gz"))):
+    for kind in ("zip", "tar", "tar.gz"):
+        name, data = f"a.{kind}", build_archive(members, kind)
         response = api.post([(name, data), (good[0].name, good[0].read_bytes())])
         assert response.status_code == 202, (name, response.text)
         outcomes = _outcomes_by_name(deployment, response.json()["id"])
