@@ -17,6 +17,7 @@ from depthfleet.shared.settings import Settings
 QUEUE = "depthfleet"
 INGEST_QUEUE = "depthfleet.ingest"  # its own queue: a big job's expansion never waits behind items
 PROCESS_ITEMS = "depthfleet.process_items"
+TAIL_TASKS = 4  # a job's last 4 tasks' worth of items go one per task
 INGEST = "depthfleet.ingest"
 
 
@@ -83,15 +84,24 @@ def tasks_waiting(app: Celery) -> bool:
     return False
 
 
+def task_batches(indexes: list[int], per_task: int) -> list[list[int]]:
+    """Items grouped ``per_task`` at a time, but the last ``TAIL_TASKS`` tasks' worth one by one.
+
+    Grouping keeps per-task overhead small on bulk jobs; single items at the tail keep every
+    worker busy to the end instead of one finishing a full group while the others idle.
+    """
+    tail = max(0, len(indexes) - TAIL_TASKS * per_task)
+    head = [indexes[i:i + per_task] for i in range(0, tail, per_task)]
+    return head + [[index] for index in indexes[len(head) * per_task:]]
+
+
 def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -> int:
-    """Send the job's items as tasks of ``per_task`` items; call only after the job is stored."""
-    sent = 0
+    """Send the job's items as tasks; call only after the job is stored."""
+    batches = task_batches(indexes, per_task)
     with app.producer_or_acquire() as producer:
-        for start in range(0, len(indexes), per_task):
-            app.send_task(PROCESS_ITEMS, args=[job_id, indexes[start:start + per_task]],
-                          queue=QUEUE, producer=producer)
-            sent += 1
-    return sent
+        for batch in batches:
+            app.send_task(PROCESS_ITEMS, args=[job_id, batch], queue=QUEUE, producer=producer)
+    return len(batches)
 
 
 def enqueue_ingest(app: Celery, job_id: str, deferred: list[dict[str, str]]) -> None:
