@@ -63,8 +63,8 @@ def process(torch, model, image: np.ndarray, target_size: tuple[int, int]) -> np
     ).squeeze().cpu().numpy()
 
 
-def write_depth(path: str, depth: np.ndarray, grayscale: bool, bits: int = 1) -> None:
-    """MiDaS ``utils.write_depth``."""
+def official_depth_pixels(depth: np.ndarray, grayscale: bool, bits: int = 1) -> np.ndarray:
+    """The pixels MiDaS ``utils.write_depth`` writes (also the encoders' test reference)."""
     if not grayscale:
         bits = 1
     if not np.isfinite(depth).all():
@@ -77,7 +77,12 @@ def write_depth(path: str, depth: np.ndarray, grayscale: bool, bits: int = 1) ->
         out = np.zeros(depth.shape, dtype=depth.dtype)
     if not grayscale:
         out = cv2.applyColorMap(np.uint8(out), cv2.COLORMAP_INFERNO)
-    cv2.imwrite(path + ".png", out.astype("uint8" if bits == 1 else "uint16"))
+    return out.astype("uint8" if bits == 1 else "uint16")
+
+
+def write_depth(path: str, depth: np.ndarray, grayscale: bool, bits: int = 1) -> None:
+    """MiDaS ``utils.write_depth``."""
+    cv2.imwrite(path + ".png", official_depth_pixels(depth, grayscale, bits))
 
 
 def write_pfm(path: str, image: np.ndarray, scale: float = 1) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.baseline import official_depth_pixels
 from conftest import PARITY_DIR
 from depthfleet.shared.imaging.encode import (
     ARTIFACTS,
@@ -27,23 +28,6 @@ PARITY_NAMES = ("astronaut", "coffee", "chelsea")
 
 
 # --- the official MiDaS code (utils.write_depth, write_pfm, read_pfm), minus the file I/O ---
-
-def official_depth_pixels(depth: np.ndarray, grayscale: bool, bits: int = 2) -> np.ndarray:
-    if not grayscale:
-        bits = 1
-    if not np.isfinite(depth).all():
-        depth = np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0)
-    depth_min = depth.min()
-    depth_max = depth.max()
-    max_val = (2 ** (8 * bits)) - 1
-    if depth_max - depth_min > np.finfo("float").eps:
-        out = max_val * (depth - depth_min) / (depth_max - depth_min)
-    else:
-        out = np.zeros(depth.shape, dtype=depth.dtype)
-    if not grayscale:
-        out = cv2.applyColorMap(np.uint8(out), cv2.COLORMAP_INFERNO)
-    return out.astype("uint8") if bits == 1 else out.astype("uint16")
-
 
 def official_pfm(image: np.ndarray, scale: float = 1) -> bytes:
     image = np.flipud(image)
@@ -107,7 +91,7 @@ def read_pillow(data: bytes) -> np.ndarray:
 @depth_cases
 def test_depth_png_holds_the_official_16_bit_pixels(depth: np.ndarray) -> None:
     png = encode_depth_png16(depth)
-    official = official_depth_pixels(depth, grayscale=True)
+    official = official_depth_pixels(depth, grayscale=True, bits=2)
     np.testing.assert_array_equal(read_cv2(png, cv2.IMREAD_UNCHANGED), official)
     np.testing.assert_array_equal(read_pillow(png), official)
 
@@ -123,7 +107,7 @@ def test_depth_png_is_within_one_step_of_the_normalized_depth(depth: np.ndarray)
 @depth_cases
 def test_heatmap_is_opencv_inferno_in_rgb_order(depth: np.ndarray) -> None:
     png = encode_heatmap_png(depth)
-    official_bgr = official_depth_pixels(depth, grayscale=False)
+    official_bgr = official_depth_pixels(depth, grayscale=False, bits=2)
     np.testing.assert_array_equal(read_cv2(png, cv2.IMREAD_UNCHANGED), official_bgr)
     np.testing.assert_array_equal(read_pillow(png), official_bgr[:, :, ::-1])
 
