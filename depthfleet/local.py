@@ -137,16 +137,19 @@ def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
         proc.wait()
 
 
-def start_redis(data_dir: Path) -> tuple[str, subprocess.Popen]:
+def start_redis(data_dir: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
+    """A Redis server persisting to an append-only file in ``data_dir`` (fsync every second),
+    refusing writes rather than evicting when full; on ``port`` or a free one."""
     import redis
 
-    port = free_port()
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = _spawn([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
                    "--dir", str(data_dir), "--save", "", "--appendonly", "yes",
-                   "--maxmemory-policy", "noeviction"], dict(os.environ), data_dir / "redis.log")
+                   "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
+                  dict(os.environ), data_dir / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: redis.Redis.from_url(url).ping(), "embedded Redis", 20, proc)
+    wait_until(lambda: redis.Redis.from_url(url).ping(), "Redis", 20, proc)
     return url, proc
 
 

@@ -20,6 +20,7 @@ Keys (all expire ``job_ttl_days`` after the job's last change):
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -230,7 +231,7 @@ class JobStore:
         """
         queued: list[int] = []
         stored = 0
-        for chunk in _chunks(items, WRITE_CHUNK):
+        for chunk in chunked(items, WRITE_CHUNK):
             base = self.redis.hincrby(self._job_key(job_id), "next_index", len(chunk)) - len(chunk)
             records = [_new_record(base + i, item) for i, item in enumerate(chunk)]
             new_queued = [r["index"] for r in records if r["status"] == "queued"]
@@ -253,18 +254,19 @@ class JobStore:
         raw = self.redis.hget(self._job_key(job_id), "ingest_cursor")
         return raw.decode() if raw else None
 
-    def queued_indexes(self, job_id: str) -> list[int]:
-        """Every item still queued (a full scan: for recovery, not for the hot path)."""
+    def _indexes_where(self, job_id: str, keep: Callable[[dict[str, Any]], bool]) -> list[int]:
+        """Indexes of the items whose record passes ``keep``: a full scan, never the hot path."""
         return sorted(
             int(f) for f, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK)
-            if json.loads(raw)["status"] == "queued")
+            if keep(json.loads(raw)))
+
+    def queued_indexes(self, job_id: str) -> list[int]:
+        """Every item still queued (for recovery)."""
+        return self._indexes_where(job_id, lambda item: item["status"] == "queued")
 
     def finish_ingest(self, job_id: str) -> None:
         """Every item is stored: from now on the job can finish."""
         self.redis.hset(self._job_key(job_id), mapping={"ingesting": 0, "updated_at": time.time()})
-
-    def is_ingesting(self, job_id: str) -> bool:
-        return self.redis.hget(self._job_key(job_id), "ingesting") == b"1"
 
     def job_for_idempotency_key(self, tenant: str, key: str) -> str | None:
         """The job an earlier request with this ``Idempotency-Key`` created, if any."""
@@ -375,9 +377,9 @@ class JobStore:
                 return cancelled
 
     def retryable_indexes(self, job_id: str) -> list[int]:
-        return sorted(
-            int(f) for f, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK)
-            if (rec := json.loads(raw))["status"] == "failed" and rec.get("retryable"))
+        """Items failed for a transient reason (what ``POST .../retry`` requeues)."""
+        return self._indexes_where(
+            job_id, lambda item: item["status"] == "failed" and bool(item.get("retryable")))
 
     # -- leases and recovery (worker.leases renews, worker.reaper reclaims) ---------------
     def expired_leases(self, now: float | None = None, limit: int = 1000) -> list[tuple[str, int]]:
@@ -467,7 +469,6 @@ class JobStore:
         return self.stat("model_runs")
 
 
-
 @dataclass(eq=False)
 class Lock:
     """A lock this process holds: renew it while working, release it when done.
@@ -492,14 +493,11 @@ class Lock:
     def release(self) -> None:
         self.store._lock_release_script(keys=[self.key], args=[self.token])
 
-def _chunks(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
-    chunk: list[NewItem] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+
+def chunked(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
+    """Lists of up to ``size`` items, holding one list in memory at a time."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
         yield chunk
 
 

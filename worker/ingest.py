@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from depthfleet.shared import ingest
 from depthfleet.shared.errors import InputError
-from depthfleet.shared.jobs import NewItem
+from depthfleet.shared.jobs import WRITE_CHUNK, NewItem, chunked
 from depthfleet.shared.queue import enqueue_items
 from depthfleet.shared.storage import ObjectMissing
 from depthfleet.worker.runtime import Runtime
@@ -59,16 +59,11 @@ def _cursor(source: int, done: int) -> str:
 
 def _append(rt: Runtime, app: object, job_id: str, items: Iterator[NewItem], cursor) -> int:
     added = 0
-    for chunk in _chunks(items, 1000):
+    for chunk in chunked(items, WRITE_CHUNK):
         queued = rt.store.append_items(job_id, chunk, cursor=lambda n, a=added: cursor(a + n))
         enqueue_items(app, job_id, queued, rt.settings.items_per_task)
         added += len(chunk)
     return added
-
-
-def _chunks(items: Iterator[NewItem], size: int) -> Iterator[list[NewItem]]:
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 def _expand(rt: Runtime, tenant: str, source: dict[str, str]) -> Iterator[NewItem]:

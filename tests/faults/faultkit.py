@@ -26,15 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 
 from depthfleet.client import Client
-from depthfleet.local import _spawn, free_port, redis_server_binary, wait_until
+from depthfleet.local import _spawn, free_port, start_redis, wait_until
 from depthfleet.shared.jobs import JobStore, connect
 from support import System, poll, tiny_jpeg
 
 JOB_TIMEOUT = 300.0
+# Small tasks and short leases/timeouts, so a fault lands mid-batch and recovery is quick.
+MID_BATCH_ENV = {"DEPTHFLEET_ITEMS_PER_TASK": "2", "DEPTHFLEET_LEASE_SECONDS": "10",
+                 "DEPTHFLEET_VISIBILITY_TIMEOUT": "30"}
 
 
 class RedisServer:
@@ -47,12 +49,8 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = _spawn([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port),
-                            "--dir", str(self.data_dir), "--save", "", "--appendonly", "yes",
-                            "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
-                           dict(os.environ), self.data_dir / "redis.log")
-        wait_until(lambda: redis.Redis.from_url(self.url).ping(), "Redis", 20, self.proc)
+        """Start (or restart, on the same port and files)."""
+        self.url, self.proc = start_redis(self.data_dir, self.port)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, only what the AOF already holds survives."""
@@ -149,6 +147,13 @@ class Deployment:
 
     def client(self, api_key: str | None = None) -> Client:
         return Client(self.system.api_url, api_key=api_key, timeout=60)
+
+    def start(self, pool: int) -> subprocess.Popen:
+        """One worker of ``pool`` processes with their models loaded, and the API."""
+        worker = self.system.start_worker(concurrency=pool)
+        self.system.start_api()
+        wait_for_pool(worker, pool)
+        return worker
 
     def objects(self, prefix: str) -> list[str]:
         """Every object key under ``df/{prefix}`` of the deployment's bucket."""

@@ -13,7 +13,7 @@ import pytest
 from depthfleet.shared import layout
 from depthfleet.shared.digests import sha256_file
 from depthfleet.shared.jobs import NewItem
-from faults.faultkit import (assert_each_item_once, kill_whole_worker, wait_finished, wait_for_pool,
+from faults.faultkit import (assert_each_item_once, kill_whole_worker, wait_finished,
                              wait_progress, write_images)
 
 pytestmark = pytest.mark.faults
@@ -25,9 +25,7 @@ LEASE = "6"
 def test_items_of_a_killed_worker_come_back_through_their_leases(deploy, tmp_path):
     batch = 40
     deployment = deploy(DEPTHFLEET_ITEMS_PER_TASK="4", DEPTHFLEET_LEASE_SECONDS=LEASE)
-    worker = deployment.system.start_worker(concurrency=POOL)
-    deployment.system.start_api()
-    wait_for_pool(worker, POOL)
+    worker = deployment.start(POOL)
     client = deployment.client()
     job_id = client.submit_files(write_images(tmp_path / "in", batch, (240, 320)))["id"]
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from faults.faultkit import (assert_each_item_once, wait_finished, wait_for_pool, wait_progress,
+from faults.faultkit import (MID_BATCH_ENV, assert_each_item_once, wait_finished, wait_progress,
                              write_images)
 
 pytestmark = pytest.mark.faults
@@ -23,11 +23,8 @@ SIZE = (240, 320)
 
 
 def test_redis_killed_and_restarted_mid_batch(deploy, tmp_path):
-    deployment = deploy(DEPTHFLEET_ITEMS_PER_TASK="2", DEPTHFLEET_LEASE_SECONDS="10",
-                        DEPTHFLEET_VISIBILITY_TIMEOUT="30")
-    worker = deployment.system.start_worker(concurrency=POOL)
-    deployment.system.start_api()
-    wait_for_pool(worker, POOL)
+    deployment = deploy(**MID_BATCH_ENV)
+    deployment.start(POOL)
     client = deployment.client()
     job_id = client.submit_files(write_images(tmp_path / "in", BATCH, SIZE))["id"]
 

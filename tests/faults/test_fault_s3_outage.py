@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from faults.faultkit import (assert_each_item_once, all_items, wait_finished, wait_for_pool,
+from faults.faultkit import (MID_BATCH_ENV, all_items, assert_each_item_once, wait_finished,
                              wait_progress, write_images)
 
 pytestmark = pytest.mark.faults
@@ -24,11 +24,8 @@ OUTAGE_SECONDS = 10
 
 def test_s3_down_for_10s_mid_batch_every_item_finishes(deploy, tmp_path):
     batch = 120
-    deployment = deploy(DEPTHFLEET_ITEMS_PER_TASK="2", DEPTHFLEET_LEASE_SECONDS="10",
-                        DEPTHFLEET_VISIBILITY_TIMEOUT="30")
-    worker = deployment.system.start_worker(concurrency=POOL)
-    deployment.system.start_api()
-    wait_for_pool(worker, POOL)
+    deployment = deploy(**MID_BATCH_ENV)
+    deployment.start(POOL)
     client = deployment.client()
     job_id = client.submit_files(write_images(tmp_path / "in", batch, SIZE))["id"]
 
