@@ -25,6 +25,7 @@ from depthfleet.shared.model.midas_small import (
     load_checkpoint,
     official_shapes,
 )
+from depthfleet.shared.model.onnx_export import EXPORT_VERSION
 from depthfleet.shared.pipeline import (
     Backend,
     DepthEstimator,
@@ -106,6 +107,32 @@ def test_onnxruntime_worker_never_imports_torch(settings: Settings) -> None:
     command = [sys.executable, "-c", LOAD_ONNXRUNTIME_BACKEND, settings.weights, str(settings.cache_dir)]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_exported_graph_pads_inside_its_convs(backends: dict[str, Backend],
+                                              settings: Settings) -> None:
+    """The export (cached by ``backends``) has no Pad node: SAME padding is the convs' own."""
+    import onnx
+
+    (exported,) = (settings.cache_dir / "onnx").glob(f"midas_small-*-v{EXPORT_VERSION}.onnx")
+    graph = onnx.load(str(exported)).graph
+    auto_pads = [a.s for n in graph.node if n.op_type == "Conv" for a in n.attribute
+                 if a.name == "auto_pad"]
+    assert not [n for n in graph.node if n.op_type == "Pad"]
+    assert auto_pads == [b"SAME_UPPER"] * 5  # the stem and four stride-2 depthwise convs
+
+
+def test_projecting_before_upsampling_is_the_same_function(checkpoint_path: Path) -> None:
+    """The export's order in the fusion blocks (``project_first``) changes only rounding."""
+    model = build_midas_small(checkpoint_path)
+    x = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 3, 192, 256),
+                                                                  dtype=np.float32))
+    with torch.inference_mode():
+        official = model(x).numpy()
+        for block in model.fusion:
+            block.project_first = True
+        swapped = model(x).numpy()
+    assert 0 < relative_error(swapped, official) < 1e-5
 
 
 def test_model_keys_are_exactly_the_official_ones(model: torch.nn.Module) -> None:

@@ -86,20 +86,32 @@ class ResidualConvUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Adds one encoder level to the decoder path, then upsamples x2 and projects."""
+    """Adds one encoder level to the decoder path, then upsamples x2 and projects.
+
+    ``project_first`` swaps the last two steps. Both are linear and bilinear weights sum to 1
+    (so the bias passes through unchanged): the same function, with the 1x1 projection on a
+    quarter of the pixels and the upsampling on fewer channels. Rounding moves by about 1e-7
+    of the output range. The ONNX export sets it; the reference keeps the official order.
+    """
 
     def __init__(self, channels: int, out_channels: int, takes_skip: bool = True) -> None:
         super().__init__()
         self.skip_unit = ResidualConvUnit(channels) if takes_skip else None
         self.unit = ResidualConvUnit(channels)
         self.project = nn.Conv2d(channels, out_channels, kernel_size=1)
+        self.project_first = False
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_unit is not None:
             x = x + self.skip_unit(skip)
         x = self.unit(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return self.project(x)
+        if self.project_first:
+            return _upsample_x2_aligned(self.project(x))
+        return self.project(_upsample_x2_aligned(x))
+
+
+def _upsample_x2_aligned(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
 class DepthHead(nn.Module):

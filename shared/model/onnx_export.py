@@ -1,9 +1,11 @@
 """Export MiDaS small to ONNX, once per machine and checkpoint, for the ONNX Runtime backend.
 
 One model serves every input shape: the height and width axes are dynamic. That is exact
-because the only shape-dependent parts, TensorFlow-style "SAME" padding and the x2 upsampling,
-export as shape arithmetic rather than constants; every export is checked against the torch
-model on two shapes before it is cached.
+because the only shape-dependent parts, TensorFlow-style "SAME" padding (rewritten as ONNX's
+``auto_pad=SAME_UPPER``) and the x2 upsampling, do not bake in the example's size; every
+export is checked against the torch model on two shapes before it is cached. Two rewrites
+make the exported graph about 8% faster than a plain export at the same arithmetic: the
+padding inside the convolutions, and the fusion blocks' projection before their upsampling.
 
 Workers must not import torch (hundreds of MB, seconds of start-up), so ``exported_onnx`` runs
 the export in a child process: ``python -m depthfleet.shared.model.onnx_export CKPT OUT``.
@@ -18,10 +20,12 @@ the ONNX Runtime version and a hash of the CPU's feature flags.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +37,14 @@ from depthfleet.shared.model.cachefiles import locked, publish, temporary_path
 from depthfleet.shared.model.weights import ResolvedWeights
 
 if TYPE_CHECKING:
+    import onnx
     import torch
+
+    from depthfleet.shared.model.midas_small import MidasSmall
 
 MODULE = "depthfleet.shared.model.onnx_export"
 # Bump when the model code or the export changes, so caches re-export instead of reusing.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 OPSET = 17
 CHECK_SHAPES = ((256, 256), (160, 256))  # 1:1 and 3:2 photos
 CHECK_TOLERANCE = 1e-4  # of the output range; faithful fp32 runtimes stay within 2e-6
@@ -104,18 +111,81 @@ def export_onnx(checkpoint: Path, target: Path) -> None:
 
     model = build_midas_small(checkpoint)
     with temporary_path(target.parent, suffix=".onnx") as partial:
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, *CHECK_SHAPES[0]),),
-            str(partial),
-            dynamo=False,  # the TorchScript exporter needs no onnxscript and exports exactly
-            opset_version=OPSET,
-            input_names=["image"],
-            output_names=["depth"],
-            dynamic_axes={"image": {2: "height", 3: "width"}, "depth": {1: "height", 2: "width"}},
-        )
-        _check_against_torch(model, partial)
+        with _projecting_first(model):
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, 3, *CHECK_SHAPES[0]),),
+                str(partial),
+                dynamo=False,  # the TorchScript exporter needs no onnxscript and exports exactly
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=["depth"],
+                dynamic_axes={"image": {2: "height", 3: "width"},
+                              "depth": {1: "height", 2: "width"}},
+            )
+        _same_pads_into_convs(partial, _same_conv_count(model))
+        _check_against_torch(model, partial)  # against the official order of operations
         publish(partial, target)
+
+
+@contextlib.contextmanager
+def _projecting_first(model: MidasSmall) -> Iterator[None]:
+    """The fusion blocks' cheaper, equivalent order (``FusionBlock.project_first``) meanwhile."""
+    for block in model.fusion:
+        block.project_first = True
+    try:
+        yield
+    finally:
+        for block in model.fusion:
+            block.project_first = False
+
+
+def _same_conv_count(model: MidasSmall) -> int:
+    return sum(type(module).__name__ == "Conv2dSame" for module in model.modules())
+
+
+def _same_pads_into_convs(path: Path, expected: int) -> None:
+    """Turn each exported Pad -> Conv pair back into one Conv with ``auto_pad=SAME_UPPER``.
+
+    timm's stride-2 convs pad TensorFlow's way ("SAME": the odd pixel at the end), computed
+    from the input's shape at run time, so they export as shape arithmetic feeding a Pad.
+    ONNX Runtime runs that Pad as a copy of the tensor, with layout conversions around it:
+    about 8% of the forward time. ONNX's own ``auto_pad=SAME_UPPER`` is the same padding
+    for every input size, done inside the convolution. The caller's check against torch
+    proves the rewrite.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    pads = [node for node in graph.node if node.op_type == "Pad"]
+    if len(pads) != expected:
+        raise RuntimeError(f"expected {expected} Pad nodes from SAME convs, found {len(pads)}")
+    for pad in pads:
+        consumers = [node for node in graph.node if pad.output[0] in node.input]
+        if [node.op_type for node in consumers] != ["Conv"]:
+            raise RuntimeError(f"{pad.name} does not feed exactly one Conv")
+        conv = consumers[0]
+        for attribute in [a for a in conv.attribute if a.name in ("pads", "auto_pad")]:
+            conv.attribute.remove(attribute)
+        conv.attribute.append(onnx.helper.make_attribute("auto_pad", "SAME_UPPER"))
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+    _drop_unused_nodes(graph)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _drop_unused_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes no graph output depends on (here: the padding's shape arithmetic)."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
 
 
 def _check_against_torch(model: torch.nn.Module, onnx_path: Path) -> None:
