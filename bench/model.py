@@ -61,9 +61,33 @@ def parity_error(backend: object) -> dict[str, float]:
     return worst
 
 
+def forward_gflop() -> float:
+    """Floating-point operations of one 256x256 forward, counted on the torch model's convs
+    (2 per multiply-add; the rest of the network is well under 1% of it)."""
+    import torch
+
+    from depthfleet.shared.model.midas_small import build_midas_small
+
+    total = 0
+
+    def count(conv: torch.nn.Conv2d, _: object, out: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * out.numel() * conv.weight[0].numel()
+
+    model = build_midas_small()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(count)
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, SIDE, SIDE))
+    return total / 1e9
+
+
 def measure(variant: str, settings: Settings, threads: list[int]) -> dict[str, object]:
     settings = settings.with_(**VARIANTS[variant])
     result: dict[str, object] = {"variant": variant}
+    if variant == "torch":
+        result["gflop"] = forward_gflop()
     for count in threads:
         backend = load_backend(settings, count)
         result[f"{count}_threads"] = forward_ms(backend, count)

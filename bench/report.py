@@ -38,6 +38,31 @@ def model_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ceiling_lines(rows: list[dict[str, Any]], peaks: list[float] | None) -> list[str]:
+    """What no exact direct-convolution backend can beat here: the forward at the FMA peak."""
+    eager = next((r for r in rows if r["variant"] == "torch" and "error" not in r), None)
+    if eager is None or not peaks:
+        return []
+    threads = (1, 2)
+    floor_ms = {t: eager["gflop"] / peaks[min(t, len(peaks)) - 1] * 1000 for t in threads}
+    lines = [f"fp32 ceiling: FMA peak {' / '.join(f'{p:.0f}' for p in peaks)} GFLOP/s on "
+             f"{' / '.join(str(i + 1) for i in range(len(peaks)))} core(s) (bench/ceiling.py); "
+             f"one forward is {eager['gflop']:.2f} GFLOP",
+             f"  at that peak a forward takes {floor_ms[1]:.1f} / {floor_ms[2]:.1f} ms (1T / 2T): "
+             f"at most {_speedup_over(eager, floor_ms, 1):.2f}x / "
+             f"{_speedup_over(eager, floor_ms, 2):.2f}x eager for any fp32 backend"]
+    for row in rows:
+        exact = "error" not in row and row["parity"]["depth"] <= PARITY_TOLERANCE
+        if exact and row["variant"] != "torch":
+            shares = " / ".join(f"{floor_ms[t] / row[f'{t}_threads']['best_ms']:.0%}" for t in threads)
+            lines.append(f"  {row['variant']} runs at {shares} of that peak")
+    return lines
+
+
+def _speedup_over(eager: dict[str, Any], floor_ms: dict[int, float], threads: int) -> float:
+    return eager[f"{threads}_threads"]["best_ms"] / floor_ms[threads]
+
+
 def workload_lines(name: str, result: dict[str, Any]) -> list[str]:
     base = result["baseline"]["images_per_s"]
     lines = [f"{WORKLOAD_TITLES[name]}, {result['images']} images, best of {result['rounds']}"
@@ -91,6 +116,8 @@ def table(record: dict[str, Any]) -> str:
              f"fast decode {'on' if options['fast_decode'] else 'off'}", ""]
     if record["model"]:
         lines += model_lines(record["model"]) + [""]
+        ceiling = ceiling_lines(record["model"], record.get("fma_peak_gflops"))
+        lines += ceiling + [""] * bool(ceiling)
     for name, result in record["workloads"].items():
         lines += workload_lines(name, result) + [""]
     lines.append(f"Worker start to first result (warm cache): {record['first_result_s']:.2f} s")

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report, workloads
+from bench import ceiling, report, workloads
 from bench.procs import CommandRun, load_average, run_command
 from bench.startup import first_result_seconds
 from depthfleet.shared.digests import sha256_file
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         big = workloads.make_big(scratch / "in-big", args.big)
         print("bench: model forward ...", file=sys.stderr, flush=True)
         models = [] if args.skip_model else model_rows(settings)
+        peaks = None if args.skip_model else ceiling.fma_peak_gflops(CORES)
         print("bench: workloads ...", file=sys.stderr, flush=True)
         results = {name: workload(name, images, settings, scratch, env, args.rounds)
                    for name, images in (("small", small), ("12mp", big))}
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_before": load_before, "load_after": load_average()},
         "options": {"precision": args.precision, "fast_decode": args.fast_decode,
                     "weights_sha256": sha256_file(weights)},
-        "model": models, "workloads": results, "first_result_s": startup,
+        "model": models, "fma_peak_gflops": peaks, "workloads": results, "first_result_s": startup,
     }
     print(report.table(record))
     args.results.mkdir(parents=True, exist_ok=True)
