@@ -14,16 +14,46 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+from collections.abc import Callable
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 HEAP_BLOCKS_UP_TO = 64 << 20
 KEEP_FREE_UP_TO = 256 << 20
 
 
+def _libc_function(name: str) -> Callable[..., int] | None:
+    libc_name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc_name), name, None) if libc_name else None
+
+
 def reuse_photo_buffers() -> None:
     """Apply the policy above to this process (glibc only; elsewhere a no-op)."""
-    libc_name = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    mallopt = _libc_function("mallopt")
     if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)
         mallopt(M_TRIM_THRESHOLD, KEEP_FREE_UP_TO)
+
+
+def resident_bytes() -> int:
+    """This process's resident set size, from ``/proc/self/statm`` (0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def release_memory_above(limit_bytes: int) -> bool:
+    """Give the heap's free pages back to the kernel if this process holds more than the limit.
+
+    Freed photo buffers leave holes in the heap that the policy above keeps for reuse; over
+    a stream of differently sized photos they add up (a pool process crept from 240 to
+    about 400 MB over 224 small photos). Trimming only past a limit keeps a process near it
+    at the cost of page faults on the next big photo; measured on 12 MP photos, that cost
+    was within run-to-run noise, and a stream of small photos trims about once.
+    """
+    if limit_bytes <= 0 or resident_bytes() <= limit_bytes:
+        return False
+    malloc_trim = _libc_function("malloc_trim")
+    return bool(malloc_trim and malloc_trim(0))

@@ -93,6 +93,7 @@ class Settings:
     lease_seconds: int = 60
     storage_retries: int = 8
     concurrency: int | None = None
+    worker_memory_mb: int = 320  # a pool process returns free heap memory above this; 0: never
     tenant_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     log_level: str = "INFO"
     metrics_port: int = 9808  # worker metrics and health server; 0: none
@@ -136,6 +137,7 @@ class Settings:
             lease_seconds=_int(env, "DEPTHFLEET_LEASE_SECONDS", base.lease_seconds, 3),
             storage_retries=_int(env, "DEPTHFLEET_STORAGE_RETRIES", base.storage_retries, 0),
             concurrency=_int(env, "DEPTHFLEET_CONCURRENCY", None),
+            worker_memory_mb=_int(env, "DEPTHFLEET_WORKER_MEMORY_MB", base.worker_memory_mb, 0),
             tenant_sources=_tenant_sources(env.get("DEPTHFLEET_TENANT_SOURCES", "")),
             log_level=env.get("DEPTHFLEET_LOG_LEVEL", base.log_level).strip().upper(),
             metrics_port=_int(env, "DEPTHFLEET_METRICS_PORT", base.metrics_port, 0),

@@ -75,3 +75,28 @@ def test_artifacts_link_out_of_local_storage(tmp_path: Path) -> None:
     assert rel == "a/photo.depth.png"
     assert (folder.root / rel).read_bytes() == b"png bytes"
     assert (folder.root / rel).stat().st_ino == stored.stat().st_ino
+
+
+HOLES_THEN_RELEASE = """
+import sys
+from depthfleet.shared.memory import release_memory_above, resident_bytes, reuse_photo_buffers
+reuse_photo_buffers()
+blocks = [bytearray(b"x" * (8 << 20)) for _ in range(24)]  # 192 MB of heap, touched
+keep = blocks[-1:]  # the last block pins the heap's top: the rest become holes, not trimmed
+del blocks
+before = resident_bytes()
+print(before, release_memory_above(before + (64 << 20)), resident_bytes(),
+      release_memory_above(64 << 20), resident_bytes())
+"""
+
+
+def test_worker_gives_back_freed_heap_only_above_its_limit() -> None:
+    """The photo-buffer policy keeps freed heap; past ``DEPTHFLEET_WORKER_MEMORY_MB`` it goes."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HOLES_THEN_RELEASE], capture_output=True,
+                          text=True, check=True)
+    before, first, unchanged, second, after = done.stdout.split()
+    assert first == "False" and int(unchanged) >= int(before) - (4 << 20)  # under the limit
+    assert second == "True" and int(after) < int(before) - (150 << 20)

@@ -26,6 +26,7 @@ from celery import Task
 from depthfleet.shared import layout
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.encode import ARTIFACTS
+from depthfleet.shared.memory import release_memory_above
 from depthfleet.shared.metrics import count_item, observe_stage
 from depthfleet.shared.render import render
 from depthfleet.shared.storage import ObjectMissing, StorageError
@@ -55,8 +56,11 @@ def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> int:
     if status is None:
         log.warning("job %s no longer exists; dropping %d items", job_id, len(indexes))
         return 0
-    return sum(process_item(rt, job_id, index, status.tenant, status.options)
-               for index in indexes)
+    processed = 0
+    for index in indexes:
+        processed += process_item(rt, job_id, index, status.tenant, status.options)
+        release_memory_above(rt.settings.worker_memory_mb << 20)  # see shared/memory.py
+    return processed
 
 
 def retry_countdown(retries: int, visibility_timeout: int) -> int:
