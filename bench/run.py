@@ -10,7 +10,7 @@ Throughput is images per second of processing: a command's wall time on the work
 its wall time on the first two images of it (start-up: imports, model loading, services
 starting, and the first images in flight), over the images in between. The baseline times
 its own loop after loading the model, as ``run.py``'s structure allows. Every path runs
-``--rounds`` times (default 2), in turn, and its best round counts; the model rows compare
+``--rounds`` times (default 3), in turn, and its best round counts; the model rows compare
 best-of-15 times. Other work on the machine can only slow a run down.
 """
 
@@ -147,7 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--big", type=int, default=24, help="12 MP photos (default 24)")
     parser.add_argument("--copies", type=int, default=16,
                         help="copies of each small photo (default 16: 224 images)")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="measure every path this often, in turn, and keep the best")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="DEPTHFLEET_PRECISION of predict and the system")
