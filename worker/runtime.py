@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from depthfleet.shared.jobs import JobStore, connect
-from depthfleet.shared.memory import reuse_photo_buffers
+from depthfleet.shared.memory import HeapTrimmer, reuse_photo_buffers
 from depthfleet.shared.pipeline import DepthEstimator, load_backend
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.sources import SourceReader
@@ -33,6 +33,7 @@ class Runtime:
     estimator: DepthEstimator
     weights_sha256: str  # keys stored results: see ``result_identity``
     threads: int
+    heap: HeapTrimmer  # keeps the process near DEPTHFLEET_WORKER_MEMORY_MB between photos
 
 
 _runtime: Runtime | None = None
@@ -83,6 +84,7 @@ def init_runtime(settings: Settings, threads: int) -> Runtime:
             estimator=estimator,
             weights_sha256=result_identity(estimator, backend.weights_sha256),
             threads=threads,
+            heap=HeapTrimmer(settings.worker_memory_mb << 20),
         )
         log.info("model ready in %.2fs (%s, %d threads)", time.perf_counter() - started,
                  backend.name, threads)

@@ -26,7 +26,6 @@ from celery import Task
 from depthfleet.shared import layout
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.encode import ARTIFACTS
-from depthfleet.shared.memory import release_memory_above
 from depthfleet.shared.metrics import count_item, observe_stage
 from depthfleet.shared.render import render
 from depthfleet.shared.storage import ObjectMissing, StorageError
@@ -59,7 +58,7 @@ def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> int:
     processed = 0
     for index in indexes:
         processed += process_item(rt, job_id, index, status.tenant, status.options)
-        release_memory_above(rt.settings.worker_memory_mb << 20)  # see shared/memory.py
+        rt.heap.after_photo()
     return processed
 
 
