@@ -63,7 +63,7 @@ def collection_costs(images: list[Path], settings: Settings, scratch: Path) -> N
         names = {image.as_uri(): image.name for image in images}
         job = client.submit_json({"keys": list(names)})
         client.wait(job["id"], interval=0.2)
-        api_pid = system.processes[1].pid  # redis, api, workers: in start order
+        api_pid = system.processes[0].pid  # the API, then the workers: in start order
         for how, stored in (("HTTP", None), ("links", StoredArtifacts.open(system.settings))):
             cpu, api_cpu, started = _own_cpu_seconds(), _cpu_seconds(api_pid), time.perf_counter()
             Collector(client, job["id"], OutputFolder(scratch / f"collect-{how}"),

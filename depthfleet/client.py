@@ -42,6 +42,14 @@ class Client:
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        # An idle keep-alive connection holds a gunicorn thread worker for its keep-alive
+        # timeout at shutdown: closing ours lets a local API stop at once instead of in 2 s.
+        self.session.close()
+
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         url = path if path.startswith("http") else f"{self.server}{path}"
         response = self.session.request(method, url, timeout=self.timeout, **kwargs)

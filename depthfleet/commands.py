@@ -56,10 +56,11 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
         name_of = {inp.path.resolve().as_uri(): inp.name for inp in todo}
         prepare_model_files(local)  # weights and exported model ready before any worker starts
         with local_system(local, args.out / ".depthfleet", workers, threads) as system:
-            client = Client(system.api_url)
-            job = client.submit_json({"keys": list(name_of), "options": options})
-            Collector(client, job["id"], folder, lambda item: name_of[item["name"]],
-                      stored=StoredArtifacts.open(system.settings)).run(on_poll=system.check_alive)
+            with Client(system.api_url) as client:
+                job = client.submit_json({"keys": list(name_of), "options": options})
+                Collector(client, job["id"], folder, lambda item: name_of[item["name"]],
+                          stored=StoredArtifacts.open(system.settings)).run(
+                              on_poll=system.check_alive)
     folder.finalize([inp.name for inp in inputs])
     failed = sum(1 for inp in inputs if not folder.is_done(inp.name))
     print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
