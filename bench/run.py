@@ -127,6 +127,7 @@ def workload(name: str, images: list[Path], settings: Settings, scratch: Path,
 
     Other work on the machine only ever slows a round down, so the best is the closest to
     what the machine can do, and taking turns exposes every path to the same disturbances.
+    The order rotates every round, so no path always runs right after the same other one.
     """
     measure = {"baseline": lambda: baseline(images, settings.weights, scratch),
                "predict": lambda: ours("predict", images, scratch, env),
@@ -135,8 +136,10 @@ def workload(name: str, images: list[Path], settings: Settings, scratch: Path,
     for round_number in range(rounds):
         print(f"  {name}: {len(images)} images, round {round_number + 1} ...", file=sys.stderr,
               flush=True)
-        for path, run in measure.items():
-            result = run()
+        paths = list(measure)
+        shift = round_number % len(paths)
+        for path in paths[shift:] + paths[:shift]:
+            result = measure[path]()
             if path not in best or result.images_per_s > best[path].images_per_s:
                 best[path] = result
     return {"images": len(images), "rounds": rounds, **{k: asdict(v) for k, v in best.items()}}
