@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from collections.abc import Callable
 
@@ -22,8 +23,9 @@ HEAP_BLOCKS_UP_TO = 64 << 20
 KEEP_FREE_UP_TO = 256 << 20
 
 
+@functools.cache
 def _libc_function(name: str) -> Callable[..., int] | None:
-    libc_name = ctypes.util.find_library("c")
+    libc_name = ctypes.util.find_library("c")  # runs ldconfig: once per process
     return getattr(ctypes.CDLL(libc_name), name, None) if libc_name else None
 
 
