@@ -3,7 +3,7 @@
 Runs in a process of its own per backend, so torch never shares a process with ONNX Runtime
 or OpenVINO and each starts cold the way a worker does:
 
-    python -m bench.model --backend onnxruntime --weights CKPT --cache DIR   (one JSON line)
+    python -m bench.model --variant onnxruntime --weights CKPT --cache DIR   (one JSON line)
 """
 
 from __future__ import annotations

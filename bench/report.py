@@ -17,14 +17,29 @@ def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} MB"
 
 
-def _speedup(eager: dict[str, Any], row: dict[str, Any], threads: int) -> float:
-    """Eager time over ``row``'s at ``threads``, best runs: interference only adds time."""
-    return eager[f"{threads}_threads"]["best_ms"] / row[f"{threads}_threads"]["best_ms"]
+def _eager(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The torch row every forward ratio is against, if it was measured."""
+    return next((r for r in rows if r["variant"] == "torch" and "error" not in r), None)
+
+
+def _exact_fast_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured backends other than torch whose results stay within the parity tolerance."""
+    return [r for r in rows if "error" not in r and r["variant"] != "torch"
+            and r["parity"]["depth"] <= PARITY_TOLERANCE]
+
+
+def _speedup(eager: dict[str, Any], best_ms: float, threads: int) -> float:
+    """Eager's best time at ``threads`` over ``best_ms``: interference only adds time."""
+    return eager[f"{threads}_threads"]["best_ms"] / best_ms
+
+
+def _best_ms(row: dict[str, Any], threads: int) -> float:
+    return row[f"{threads}_threads"]["best_ms"]
 
 
 def model_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Forward time per backend and thread count, ratio to eager at equal threads, parity."""
-    eager = next((r for r in rows if r["variant"] == "torch" and "error" not in r), None)
+    eager = _eager(rows)
     lines = ["Model forward, 256x256: best of 15 (median)   1 thread         2 threads"
              "        vs eager (1T / 2T)   parity (depth)"]
     for row in rows:
@@ -33,14 +48,15 @@ def model_lines(rows: list[dict[str, Any]]) -> list[str]:
             continue
         times = [row[f"{t}_threads"] for t in (1, 2)]
         cells = "  ".join(f"{t['best_ms']:6.1f} ({t['median_ms']:5.1f}) ms" for t in times)
-        ratios = " / ".join(f"{_speedup(eager, row, t):.2f}x" for t in (1, 2)) if eager else "-"
+        ratios = (" / ".join(f"{_speedup(eager, _best_ms(row, t), t):.2f}x" for t in (1, 2))
+                  if eager else "-")
         lines.append(f"  {row['variant']:<42} {cells}   {ratios:<20} {row['parity']['depth']:.1e}")
     return lines
 
 
 def ceiling_lines(rows: list[dict[str, Any]], peaks: list[float] | None) -> list[str]:
     """What no exact direct-convolution backend can beat here: the forward at the FMA peak."""
-    eager = next((r for r in rows if r["variant"] == "torch" and "error" not in r), None)
+    eager = _eager(rows)
     if eager is None or not peaks:
         return []
     threads = (1, 2)
@@ -49,18 +65,12 @@ def ceiling_lines(rows: list[dict[str, Any]], peaks: list[float] | None) -> list
              f"{' / '.join(str(i + 1) for i in range(len(peaks)))} core(s) (bench/ceiling.py); "
              f"one forward is {eager['gflop']:.2f} GFLOP",
              f"  at that peak a forward takes {floor_ms[1]:.1f} / {floor_ms[2]:.1f} ms (1T / 2T): "
-             f"at most {_speedup_over(eager, floor_ms, 1):.2f}x / "
-             f"{_speedup_over(eager, floor_ms, 2):.2f}x eager for any fp32 backend"]
-    for row in rows:
-        exact = "error" not in row and row["parity"]["depth"] <= PARITY_TOLERANCE
-        if exact and row["variant"] != "torch":
-            shares = " / ".join(f"{floor_ms[t] / row[f'{t}_threads']['best_ms']:.0%}" for t in threads)
-            lines.append(f"  {row['variant']} runs at {shares} of that peak")
+             f"at most {_speedup(eager, floor_ms[1], 1):.2f}x / "
+             f"{_speedup(eager, floor_ms[2], 2):.2f}x eager for any fp32 backend"]
+    for row in _exact_fast_rows(rows):
+        shares = " / ".join(f"{floor_ms[t] / _best_ms(row, t):.0%}" for t in threads)
+        lines.append(f"  {row['variant']} runs at {shares} of that peak")
     return lines
-
-
-def _speedup_over(eager: dict[str, Any], floor_ms: dict[int, float], threads: int) -> float:
-    return eager[f"{threads}_threads"]["best_ms"] / floor_ms[threads]
 
 
 def workload_lines(name: str, result: dict[str, Any]) -> list[str]:
@@ -85,11 +95,10 @@ def _verdict(ok: bool) -> str:
 def acceptance_lines(record: dict[str, Any]) -> list[str]:
     small, big = record["workloads"]["small"], record["workloads"]["12mp"]
     lines = ["Targets (2-core machine)"]
-    exact = [r for r in record["model"] if "error" not in r and r["parity"]["depth"] <= PARITY_TOLERANCE]
-    eager = next((r for r in record["model"] if r["variant"] == "torch"), None)
+    exact, eager = _exact_fast_rows(record["model"]), _eager(record["model"])
     if eager and exact:
-        best = max((_speedup(eager, r, t), t, r["variant"])
-                   for r in exact if r["variant"] != "torch" for t in (1, 2))
+        best = max((_speedup(eager, _best_ms(r, t), t), t, r["variant"])
+                   for r in exact for t in (1, 2))
         lines.append(f"  1. forward >= {FORWARD_SPEEDUP}x eager at parity: best {best[0]:.2f}x "
                      f"({best[2]}, {best[1]} thread(s)): {_verdict(best[0] >= FORWARD_SPEEDUP)}")
     for number, (result, target) in enumerate(((small, SMALL_SPEEDUP), (big, BIG_SPEEDUP)), 2):
