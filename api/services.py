@@ -11,7 +11,9 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app
 
+from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
+from depthfleet.shared.queue import fair_share as make_fair_share
 from depthfleet.shared.queue import make_celery
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import Storage, open_storage
@@ -48,3 +50,7 @@ def storage() -> Storage:
 
 def celery() -> Celery:
     return _lazy("celery", make_celery)
+
+
+def fair_share() -> FairShare:
+    return _lazy("fair_share", lambda s: make_fair_share(store(), s))

@@ -20,6 +20,7 @@ Keys (all expire ``job_ttl_days`` after the job's last change):
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
@@ -30,13 +31,15 @@ from typing import Any
 
 import redis
 
+from depthfleet.shared.names import clean_text
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 STATES = ("queued", "running", *TERMINAL)
 WRITE_CHUNK = 1000
 
 # KEYS: job hash, items hash, leases zset, stats hash
 # ARGV: index, allowed-from states (comma list), new state, patch JSON, now, lease expiry,
-#       lease member, ttl seconds
+#       lease member, ttl seconds, tenant stats key prefix
 _TRANSITION_LUA = """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return -1 end
@@ -57,8 +60,14 @@ redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 local was_pending = (old == 'queued' or old == 'running')
 local is_pending = (ARGV[3] == 'queued' or ARGV[3] == 'running')
-if was_pending and not is_pending then redis.call('HINCRBY', KEYS[4], 'pending_items', -1) end
-if is_pending and not was_pending then redis.call('HINCRBY', KEYS[4], 'pending_items', 1) end
+local delta = 0
+if was_pending and not is_pending then delta = -1 end
+if is_pending and not was_pending then delta = 1 end
+if delta ~= 0 then
+  redis.call('HINCRBY', KEYS[4], 'pending_items', delta)
+  local tenant = redis.call('HGET', KEYS[1], 'tenant')
+  if tenant then redis.call('HINCRBY', ARGV[9] .. tenant, 'pending_items', delta) end
+end
 if ARGV[3] == 'running' then
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
 else
@@ -67,8 +76,8 @@ end
 return 1
 """
 
-# Cancel every listed item that is still queued. KEYS: job hash, items hash, stats hash.
-# ARGV: item indexes.
+# Cancel every listed item that is still queued. KEYS: job hash, items hash, stats hash,
+# tenant stats hash. ARGV: item indexes.
 _CANCEL_QUEUED_LUA = """
 local n = 0
 for _, index in ipairs(ARGV) do
@@ -86,6 +95,7 @@ if n > 0 then
   redis.call('HINCRBY', KEYS[1], 'queued', -n)
   redis.call('HINCRBY', KEYS[1], 'cancelled', n)
   redis.call('HINCRBY', KEYS[3], 'pending_items', -n)
+  redis.call('HINCRBY', KEYS[4], 'pending_items', -n)
 end
 return n
 """
@@ -108,6 +118,22 @@ end
 return n
 """
 
+# Claim the Idempotency-Key (if any) and create the job hash in one step.
+# KEYS: job hash, tenant's job list, idempotency key. ARGV: job id, now, ttl, use key (1/0),
+# then the job hash's field/value pairs. Returns the job id created, or the one that has the key.
+_CREATE_LUA = """
+if ARGV[4] == '1' then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return existing end
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return ARGV[1]
+"""
+
 # KEYS: lock key. ARGV: token, new expiry in ms (renew). Acts only for the lock's own holder.
 _LOCK_RENEW_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -125,9 +151,19 @@ class NewItem:
 
     name: str
     source: str | None = None  # storage key (uploads) or s3:// URL (bucket ingestion)
+    raw_name: bytes | None = None  # the name's bytes as stored, when they were not UTF-8
     sha256: str | None = None
     size: int | None = None
     error: dict[str, str] | None = None  # set: the item is created failed (bad input)
+
+
+@dataclass(frozen=True)
+class Created:
+    """What ``create_job`` did: the job, the items to send, whether it existed already."""
+
+    job_id: str
+    queued: list[int]
+    existing: bool = False
 
 
 @dataclass
@@ -178,48 +214,65 @@ class JobStore:
         self._hold_script = client.register_script(_HOLD_LUA)
         self._lock_renew_script = client.register_script(_LOCK_RENEW_LUA)
         self._lock_release_script = client.register_script(_LOCK_RELEASE_LUA)
+        self._create_script = client.register_script(_CREATE_LUA)
 
     # -- keys ---------------------------------------------------------------------------
     @staticmethod
-    def _job_key(job_id: str) -> str:
+    def job_key(job_id: str) -> str:
         return f"df:job:{job_id}"
 
     @staticmethod
-    def _items_key(job_id: str) -> str:
+    def items_key(job_id: str) -> str:
         return f"df:job:{job_id}:items"
 
     @staticmethod
     def _tenant_key(tenant: str) -> str:
         return f"df:tenant:{tenant}:jobs"
 
+    _TENANT_STATS_PREFIX = "df:tenant-stats:"
+
+    @classmethod
+    def _tenant_stats_key(cls, tenant: str) -> str:
+        return cls._TENANT_STATS_PREFIX + tenant
+
     _LEASES = "df:leases"
     _STATS = "df:stats"
 
     # -- creation -----------------------------------------------------------------------
     def create_job(self, tenant: str, items: Iterable[NewItem], options: dict[str, Any],
-                   ingesting: bool = False) -> tuple[str, list[int]]:
-        """Store a job and its items; returns its id and the indexes to enqueue.
+                   ingesting: bool = False, idempotency_key: str | None = None) -> Created:
+        """Store a job and its items; returns its id and the indexes to send.
 
-        The caller enqueues tasks only after this returns, so a worker never sees an item
-        that is not stored yet. With ``ingesting`` the job stays open for ``append_items``
-        (a bucket prefix or an archive expanded by a worker) until ``finish_ingest``.
+        The caller sends tasks only after this returns, so a worker never sees an item that
+        is not stored yet. With ``ingesting`` the job stays open for ``append_items`` (a
+        bucket prefix or an archive expanded by a worker) until ``finish_ingest``.
+
+        With an ``idempotency_key``, claiming the key and creating the job are one atomic
+        step: of any number of concurrent identical requests exactly one creates the job,
+        the others get it back (``existing``) and store nothing.
         """
         job_id, now = uuid.uuid4().hex, time.time()
-        pipe = self.redis.pipeline()
-        pipe.hset(self._job_key(job_id), mapping={
+        fields = {
             "tenant": tenant, "created_at": now, "updated_at": now,
-            "options": json.dumps(options), "total": 0, "queued": 0, "running": 0,
-            "succeeded": 0, "failed": 0, "cancelled": 0, "reused": 0,
+            "options": _dumps(options), "total": 0, "stored": 0, "released": 0, "queued": 0,
+            "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "reused": 0,
             "cancel_requested": 0, "ingesting": 1,
-        })
-        pipe.zadd(self._tenant_key(tenant), {job_id: now})
-        pipe.expire(self._job_key(job_id), self.ttl)
-        pipe.expire(self._tenant_key(tenant), self.ttl)
-        pipe.execute()
+        }
+        idem = self._idempotency_key(tenant, idempotency_key) if idempotency_key else ""
+        created = self._create_script(
+            keys=[self.job_key(job_id), self._tenant_key(tenant), idem or "df:idem:-"],
+            args=[job_id, now, self.ttl, "1" if idem else "0",
+                  *itertools.chain.from_iterable(fields.items())]).decode()
+        if created != job_id:
+            return Created(created, [], existing=True)
         queued = self.append_items(job_id, items)
         if not ingesting:
             self.finish_ingest(job_id)
-        return job_id, queued
+        return Created(job_id, queued)
+
+    @staticmethod
+    def _idempotency_key(tenant: str, key: str) -> str:
+        return f"df:idem:{tenant}:{hashlib.sha256(key.encode('utf-8', 'replace')).hexdigest()}"
 
     def append_items(self, job_id: str, items: Iterable[NewItem],
                      cursor: Callable[[int], str] | None = None) -> list[int]:
@@ -227,37 +280,52 @@ class JobStore:
 
         ``cursor(n)`` (n: items of this call stored so far) is saved with each chunk in the
         same transaction, so an ingestion that is interrupted and run again knows exactly
-        where to continue without adding any item twice.
+        where to continue without adding any item twice. ``stored`` (the end of the last
+        stored chunk) moves in that transaction too: nothing is released before it exists.
         """
         queued: list[int] = []
         stored = 0
+        tenant = self._tenant_of(job_id)
         for chunk in chunked(items, WRITE_CHUNK):
-            base = self.redis.hincrby(self._job_key(job_id), "next_index", len(chunk)) - len(chunk)
+            base = self.redis.hincrby(self.job_key(job_id), "next_index", len(chunk)) - len(chunk)
             records = [_new_record(base + i, item) for i, item in enumerate(chunk)]
             new_queued = [r["index"] for r in records if r["status"] == "queued"]
             pipe = self.redis.pipeline()
-            pipe.hset(self._items_key(job_id), mapping={
-                str(r["index"]): json.dumps(r, separators=(",", ":")) for r in records})
-            pipe.hincrby(self._job_key(job_id), "total", len(records))
-            pipe.hincrby(self._job_key(job_id), "queued", len(new_queued))
-            pipe.hincrby(self._job_key(job_id), "failed", len(records) - len(new_queued))
+            pipe.hset(self.items_key(job_id), mapping={
+                str(r["index"]): _dumps(r) for r in records})
+            pipe.hincrby(self.job_key(job_id), "total", len(records))
+            pipe.hset(self.job_key(job_id), "stored", base + len(records))
+            pipe.hincrby(self.job_key(job_id), "queued", len(new_queued))
+            pipe.hincrby(self.job_key(job_id), "failed", len(records) - len(new_queued))
             pipe.hincrby(self._STATS, "pending_items", len(new_queued))
-            pipe.expire(self._items_key(job_id), self.ttl)
+            pipe.hincrby(self._tenant_stats_key(tenant), "pending_items", len(new_queued))
+            pipe.expire(self.items_key(job_id), self.ttl)
             stored += len(records)
             if cursor is not None:
-                pipe.hset(self._job_key(job_id), "ingest_cursor", cursor(stored))
+                pipe.hset(self.job_key(job_id), "ingest_cursor", cursor(stored))
             pipe.execute()
             queued += new_queued
         return queued
 
+    def job_for_idempotency_key(self, tenant: str, key: str) -> str | None:
+        """The job an earlier request with this ``Idempotency-Key`` created, if any."""
+        found = self.redis.get(self._idempotency_key(tenant, key))
+        return found.decode() if found else None
+
+    def _tenant_of(self, job_id: str) -> str:
+        tenant = self.redis.hget(self.job_key(job_id), "tenant")
+        if tenant is None:
+            raise KeyError(f"job {job_id} does not exist")
+        return tenant.decode()
+
     def ingest_cursor(self, job_id: str) -> str | None:
-        raw = self.redis.hget(self._job_key(job_id), "ingest_cursor")
+        raw = self.redis.hget(self.job_key(job_id), "ingest_cursor")
         return raw.decode() if raw else None
 
     def _indexes_where(self, job_id: str, keep: Callable[[dict[str, Any]], bool]) -> list[int]:
         """Indexes of the items whose record passes ``keep``: a full scan, never the hot path."""
         return sorted(
-            int(f) for f, raw in self.redis.hscan_iter(self._items_key(job_id), count=WRITE_CHUNK)
+            int(f) for f, raw in self.redis.hscan_iter(self.items_key(job_id), count=WRITE_CHUNK)
             if keep(json.loads(raw)))
 
     def queued_indexes(self, job_id: str) -> list[int]:
@@ -266,20 +334,12 @@ class JobStore:
 
     def finish_ingest(self, job_id: str) -> None:
         """Every item is stored: from now on the job can finish."""
-        self.redis.hset(self._job_key(job_id), mapping={"ingesting": 0, "updated_at": time.time()})
-
-    def job_for_idempotency_key(self, tenant: str, key: str) -> str | None:
-        """The job an earlier request with this ``Idempotency-Key`` created, if any."""
-        found = self.redis.get(f"df:idem:{tenant}:{key}")
-        return found.decode() if found else None
-
-    def remember_idempotency_key(self, tenant: str, key: str, job_id: str) -> None:
-        self.redis.set(f"df:idem:{tenant}:{key}", job_id, ex=self.ttl, nx=True)
+        self.redis.hset(self.job_key(job_id), mapping={"ingesting": 0, "updated_at": time.time()})
 
     # -- reading ------------------------------------------------------------------------
     def status(self, job_id: str, tenant: str | None = None) -> JobStatus | None:
         """The job's status, or None if it does not exist or belongs to another tenant."""
-        raw = self.redis.hgetall(self._job_key(job_id))
+        raw = self.redis.hgetall(self.job_key(job_id))
         if not raw:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
@@ -302,10 +362,10 @@ class JobStore:
         fields = [str(i) for i in range(offset, offset + limit)]
         if not fields:
             return []
-        return [json.loads(raw) for raw in self.redis.hmget(self._items_key(job_id), fields) if raw]
+        return [json.loads(raw) for raw in self.redis.hmget(self.items_key(job_id), fields) if raw]
 
     def item(self, job_id: str, index: int) -> dict[str, Any] | None:
-        raw = self.redis.hget(self._items_key(job_id), str(index))
+        raw = self.redis.hget(self.items_key(job_id), str(index))
         return json.loads(raw) if raw else None
 
     def iter_items(self, job_id: str, total: int, page: int = 500) -> Iterator[dict[str, Any]]:
@@ -316,20 +376,49 @@ class JobStore:
     def tenant_jobs(self, tenant: str, limit: int = 50) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(self._tenant_key(tenant), 0, limit - 1)]
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return self.redis.hget(self._job_key(job_id), "cancel_requested") == b"1"
+    # -- the tenant's upload index (POST /v1/uploads/check without a storage lookup) -------
+    @staticmethod
+    def _uploads_key(tenant: str) -> str:
+        return f"df:tenant:{tenant}:uploads"
 
-    def pending_items(self) -> int:
-        return int(self.redis.hget(self._STATS, "pending_items") or 0)
+    def remember_uploads(self, tenant: str, digests: list[str]) -> None:
+        """These digests' bytes are stored for the tenant (as of now)."""
+        if digests:
+            pipe = self.redis.pipeline()
+            pipe.zadd(self._uploads_key(tenant), {d: time.time() for d in digests})
+            pipe.expire(self._uploads_key(tenant), self.ttl)
+            pipe.execute()
+
+    def known_uploads(self, tenant: str, digests: list[str]) -> set[str]:
+        """Which of ``digests`` the tenant stored within the job TTL: one Redis call for up
+        to thousands of digests. A digest not known here may still be stored; its ``PUT``
+        then finds it and stores nothing."""
+        if not digests:
+            return set()
+        cutoff = time.time() - self.ttl
+        scores = self.redis.zmscore(self._uploads_key(tenant), digests)
+        return {d for d, score in zip(digests, scores) if score is not None and score > cutoff}
+
+    def released(self, job_id: str) -> int:
+        """How many of the job's items the fair share has sent (``shared.fairshare``)."""
+        return int(self.redis.hget(self.job_key(job_id), "released") or 0)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.redis.hget(self.job_key(job_id), "cancel_requested") == b"1"
+
+    def pending_items(self, tenant: str | None = None) -> int:
+        """Items queued or running: the whole fleet's, or one tenant's (backpressure)."""
+        key = self._STATS if tenant is None else self._tenant_stats_key(tenant)
+        return int(self.redis.hget(key, "pending_items") or 0)
 
     # -- transitions --------------------------------------------------------------------
     def _transition(self, job_id: str, index: int, allowed: tuple[str, ...], new: str,
                     patch: dict[str, Any] | None = None, lease_seconds: float = 0) -> bool:
         now = time.time()
         result = self._transition_script(
-            keys=[self._job_key(job_id), self._items_key(job_id), self._LEASES, self._STATS],
-            args=[str(index), ",".join(allowed), new, json.dumps(patch or {}), now,
-                  now + lease_seconds, f"{job_id}:{index}", self.ttl],
+            keys=[self.job_key(job_id), self.items_key(job_id), self._LEASES, self._STATS],
+            args=[str(index), ",".join(allowed), new, _dumps(patch or {}), now,
+                  now + lease_seconds, f"{job_id}:{index}", self.ttl, self._TENANT_STATS_PREFIX],
         )
         return result == 1
 
@@ -365,13 +454,15 @@ class JobStore:
         job is cancelled in about a hundred round trips; tasks still in the queue then find
         their items terminal and finish at once.
         """
-        self.redis.hset(self._job_key(job_id), "cancel_requested", 1)
+        tenant = self._tenant_of(job_id)
+        self.redis.hset(self.job_key(job_id), "cancel_requested", 1)
         cancelled, cursor = 0, 0
         while True:
-            cursor, page = self.redis.hscan(self._items_key(job_id), cursor, count=WRITE_CHUNK)
+            cursor, page = self.redis.hscan(self.items_key(job_id), cursor, count=WRITE_CHUNK)
             if page:
                 cancelled += self._cancel_script(
-                    keys=[self._job_key(job_id), self._items_key(job_id), self._STATS],
+                    keys=[self.job_key(job_id), self.items_key(job_id), self._STATS,
+                          self._tenant_stats_key(tenant)],
                     args=list(page))
             if cursor == 0:
                 return cancelled
@@ -394,7 +485,7 @@ class JobStore:
         them through a retry's countdown, so the reaper leaves them alone; if the process
         dies, the leases lapse and the reaper sends the items again. Returns how many.
         """
-        return int(self._hold_script(keys=[self._items_key(job_id), self._LEASES],
+        return int(self._hold_script(keys=[self.items_key(job_id), self._LEASES],
                                      args=[job_id, time.time() + seconds, *indexes]))
 
     def release_item(self, job_id: str, index: int) -> bool:
@@ -434,13 +525,13 @@ class JobStore:
         items still wait (their tasks were lost), never for the hot path.
         """
         cutoff = time.time() - idle_seconds
-        for key in self.redis.scan_iter(match=self._job_key("*"), count=WRITE_CHUNK, _type="hash"):
+        for key in self.redis.scan_iter(match=self.job_key("*"), count=WRITE_CHUNK, _type="hash"):
             name = key.decode()
             if name.endswith(":items"):
                 continue
             queued, updated_at = self.redis.hmget(name, "queued", "updated_at")
             if int(queued or 0) > 0 and float(updated_at or 0) < cutoff:
-                yield name.removeprefix(self._job_key(""))
+                yield name.removeprefix(self.job_key(""))
 
     # -- locks --------------------------------------------------------------------------
     def acquire_lock(self, name: str, seconds: float) -> Lock | None:
@@ -503,11 +594,30 @@ def chunked(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
 
 def _new_record(index: int, item: NewItem) -> dict[str, Any]:
     return {
-        "index": index, "name": item.name, "status": "failed" if item.error else "queued",
+        "index": index, "name": clean_text(item.name),
+        "raw_name": item.raw_name.hex() if item.raw_name is not None else None,
+        "status": "failed" if item.error else "queued",
         "source": item.source, "sha256": item.sha256, "size": item.size,
         "error": item.error, "retryable": False, "width": None, "height": None,
         "depth_min": None, "depth_max": None, "artifacts": {}, "reused": False,
     }
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with every string made valid Unicode (see ``_dumps``)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    """JSON that Redis's cjson always decodes: a lone surrogate (a name from a Latin-1 tar,
+    an exception message quoting it) would make every script touching the record fail."""
+    return json.dumps(_clean(value), separators=(",", ":"))
 
 
 def connect(redis_url: str) -> redis.Redis:

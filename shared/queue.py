@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from celery import Celery
 
+from depthfleet.shared.fairshare import TAIL_TASKS, FairShare, Release
+from depthfleet.shared.jobs import JobStore
 from depthfleet.shared.settings import Settings
 
 QUEUE = "depthfleet"
 INGEST_QUEUE = "depthfleet.ingest"  # its own queue: a big job's expansion never waits behind items
 PROCESS_ITEMS = "depthfleet.process_items"
-TAIL_TASKS = 4  # a job's last 4 tasks' worth of items go one per task
 INGEST = "depthfleet.ingest"
 
 
@@ -96,12 +97,35 @@ def task_batches(indexes: list[int], per_task: int) -> list[list[int]]:
 
 
 def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -> int:
-    """Send the job's items as tasks; call only after the job is stored."""
+    """Send these items as tasks at once, outside any window (recovery and retries)."""
     batches = task_batches(indexes, per_task)
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(PROCESS_ITEMS, args=[job_id, batch], queue=QUEUE, producer=producer)
     return len(batches)
+
+
+def fair_share(store: JobStore, settings: Settings) -> FairShare:
+    """The fair-share releaser for these settings (a task's token lapses well after any
+    reasonable wait in the broker, so a lost task frees its slot without ever starving)."""
+    return FairShare(store, settings.tenant_window, settings.items_per_task,
+                     lapse_seconds=10 * settings.lease_seconds)
+
+
+def dispatch(app: Celery, share: FairShare, tenant: str) -> int:
+    """Release what the tenant's window has room for and send it; call only after the
+    items are stored. Returns how many items were sent."""
+    return send_released(app, share.release(tenant))
+
+
+def send_released(app: Celery, releases: list[Release]) -> int:
+    if not releases:
+        return 0
+    with app.producer_or_acquire() as producer:
+        for release in releases:
+            app.send_task(PROCESS_ITEMS, args=[release.job_id, release.indexes],
+                          kwargs={"token": release.token}, queue=QUEUE, producer=producer)
+    return sum(release.count for release in releases)
 
 
 def enqueue_ingest(app: Celery, job_id: str, deferred: list[dict[str, str]]) -> None:

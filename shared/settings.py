@@ -42,6 +42,24 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     return raw in ("1", "true", "yes")
 
 
+def _window(env: Mapping[str, str], name: str) -> int:
+    """``auto`` (0: from the live fleet), ``off`` (-1: no fair share) or a number of tasks."""
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "auto"):
+        return 0
+    if raw == "off":
+        return -1
+    value = _int(env, name, 0)
+    return value or 0
+
+
+def _public_url(raw: str) -> str | None:
+    raw = raw.strip().rstrip("/")
+    if raw and not raw.startswith(("http://", "https://")):
+        raise SettingsError("DEPTHFLEET_PUBLIC_URL must start with http:// or https://")
+    return raw or None
+
+
 def _api_keys(raw: str) -> dict[str, str]:
     """Parse ``tenant:key,tenant:key`` into ``{key: tenant}``."""
     keys: dict[str, str] = {}
@@ -74,6 +92,7 @@ class Settings:
     storage_url: str | None = None
     s3_endpoint: str | None = None
     s3_public_endpoint: str | None = None
+    public_url: str | None = None  # the API's own base URL for absolute links (else see api.links)
     weights: str = OFFICIAL_WEIGHTS_URL
     weights_sha256: str | None = None
     threads: int | None = None
@@ -84,7 +103,13 @@ class Settings:
     backend: str = "onnxruntime"
     precision: str = "fp32"  # "bf16": OpenVINO bf16, ~2x faster model, ~1e-2 of range off parity
     fast_decode: bool = False  # big JPEGs decoded at 1/2 DCT scale for the network: ~1e-2 off
-    max_queued_items: int = 250_000
+    max_queued_items: int = 1_000_000  # the whole fleet's pending items: Redis memory's guard
+    tenant_max_queued_items: int = 250_000  # one tenant's pending items; over it: 429
+    tenant_window: int = 0  # tasks per tenant in the broker: 0 auto (2 per live process), -1 off
+    max_entry_mb: int = 256  # largest file inside an archive, inflated
+    max_archive_inflated_mb: int = 16_384  # bytes one archive may inflate to, in all
+    max_archive_entries: int = 250_000
+    archive_cpu_seconds: int = 600  # CPU one archive expansion may take
     job_ttl_days: int = 30
     presign_seconds: int = 300
     items_per_task: int = 8
@@ -118,6 +143,7 @@ class Settings:
             storage_url=env.get("DEPTHFLEET_STORAGE_URL", "").strip() or None,
             s3_endpoint=env.get("DEPTHFLEET_S3_ENDPOINT", "").strip() or None,
             s3_public_endpoint=env.get("DEPTHFLEET_S3_PUBLIC_ENDPOINT", "").strip() or None,
+            public_url=_public_url(env.get("DEPTHFLEET_PUBLIC_URL", "")),
             weights=env.get("DEPTHFLEET_WEIGHTS", "").strip() or base.weights,
             weights_sha256=sha,
             threads=_int(env, "DEPTHFLEET_THREADS", None),
@@ -129,6 +155,16 @@ class Settings:
             precision=precision,
             fast_decode=_flag(env, "DEPTHFLEET_FAST_DECODE"),
             max_queued_items=_int(env, "DEPTHFLEET_MAX_QUEUED_ITEMS", base.max_queued_items),
+            tenant_max_queued_items=_int(env, "DEPTHFLEET_TENANT_MAX_QUEUED_ITEMS",
+                                         base.tenant_max_queued_items),
+            tenant_window=_window(env, "DEPTHFLEET_TENANT_WINDOW"),
+            max_entry_mb=_int(env, "DEPTHFLEET_MAX_ENTRY_MB", base.max_entry_mb),
+            max_archive_inflated_mb=_int(env, "DEPTHFLEET_MAX_ARCHIVE_INFLATED_MB",
+                                         base.max_archive_inflated_mb),
+            max_archive_entries=_int(env, "DEPTHFLEET_MAX_ARCHIVE_ENTRIES",
+                                     base.max_archive_entries),
+            archive_cpu_seconds=_int(env, "DEPTHFLEET_ARCHIVE_CPU_SECONDS",
+                                     base.archive_cpu_seconds),
             job_ttl_days=_int(env, "DEPTHFLEET_JOB_TTL_DAYS", base.job_ttl_days),
             presign_seconds=_int(env, "DEPTHFLEET_PRESIGN_SECONDS", base.presign_seconds, 10),
             items_per_task=_int(env, "DEPTHFLEET_ITEMS_PER_TASK", base.items_per_task),

@@ -8,9 +8,14 @@ the fleet) does two sweeps:
    process or the whole worker died) are sent again as new tasks, running ones after going
    back to ``queued``.
 2. Lost tasks: when no task waits in the broker, yet a job nothing touched for a lease period
-   still has queued items that no live task holds, those items have no task (the API died
-   between storing a job and sending it, a worker died with tasks it had reserved but not
-   started, or a Redis crash lost a message): send them again.
+   still has released, queued items that no live task holds, those items have no task (a
+   worker died with tasks it had reserved but not started, or a Redis crash lost a message):
+   send them again, and free the window slots their lost tasks held.
+3. Fair share: release what each tenant's window has room for (a job stored by an API that
+   died before sending anything; a window that grew because workers joined).
+
+Every tick, each worker also announces its pool size (the fair share's window follows the
+live fleet).
 
 Sending an item twice is harmless: tasks skip finished items and counters move once.
 """
@@ -24,8 +29,12 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+import os
+import socket
+
+from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
-from depthfleet.shared.queue import enqueue_items, tasks_waiting
+from depthfleet.shared.queue import dispatch, enqueue_items, fair_share, tasks_waiting
 from depthfleet.shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +46,7 @@ class Sweep:
 
     reclaimed: int = 0
     redispatched: int = 0
+    released: int = 0
 
 
 class Reaper:
@@ -47,6 +57,9 @@ class Reaper:
         self.settings = settings
         self.interval = max(1.0, settings.lease_seconds / 3)
         self._store: JobStore | None = None
+        self._share: FairShare | None = None
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.processes = settings.concurrency or os.cpu_count() or 1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -58,6 +71,12 @@ class Reaper:
                                    self.settings.job_ttl_days * 86400)
         return self._store
 
+    @property
+    def share(self) -> FairShare:
+        if self._share is None:
+            self._share = fair_share(self.store, self.settings)
+        return self._share
+
     def start(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
@@ -65,25 +84,35 @@ class Reaper:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            self.share.leave(self.name)
+        except Exception as exc:  # Redis down at shutdown: the heartbeat lapses by itself
+            log.info("reaper: could not leave the fleet (%s)", exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
             try:
-                sweep = self.tick()
+                self.share.heartbeat(self.name, self.processes, 3 * self.interval)
+                self._report(self.tick())
             except Exception as exc:  # Redis or the broker restarting: the thread must live on
                 log.warning("reaper: sweep failed (%s: %s); next tick retries",
                             type(exc).__name__, exc)
-                continue
-            if sweep.reclaimed:
-                log.warning("reaper: resent %d items whose leases lapsed", sweep.reclaimed)
-            if sweep.redispatched:
-                log.warning("reaper: resent %d queued items that had no task", sweep.redispatched)
+            if self._stop.wait(self.interval):
+                return
+
+    @staticmethod
+    def _report(sweep: Sweep) -> None:
+        if sweep.reclaimed:
+            log.warning("reaper: resent %d items whose leases lapsed", sweep.reclaimed)
+        if sweep.redispatched:
+            log.warning("reaper: resent %d queued items that had no task", sweep.redispatched)
 
     def tick(self) -> Sweep:
         """One sweep, unless another worker's reaper swept within the last interval."""
         if self.store.acquire_lock("reaper", self.interval * 0.9) is None:
             return Sweep()
-        return Sweep(reclaimed=self.reclaim_lapsed(), redispatched=self.redispatch_lost())
+        return Sweep(reclaimed=self.reclaim_lapsed(), redispatched=self.redispatch_lost(),
+                     released=self.release_windows())
 
     def reclaim_lapsed(self) -> int:
         """Send items whose lease lapsed as new tasks (running ones go back to queued first)."""
@@ -101,7 +130,17 @@ class Reaper:
             return 0
         sent = 0
         for job_id in self.store.stale_jobs_with_queued_items(self.settings.lease_seconds):
-            indexes = self.store.unleased_queued_indexes(job_id)
+            released = self.store.released(job_id)
+            indexes = [i for i in self.store.unleased_queued_indexes(job_id) if i < released]
             enqueue_items(self.app, job_id, indexes, self.settings.items_per_task)
             sent += len(indexes)
+            status = self.store.status(job_id)
+            if status is not None:  # its tasks are gone: free their slots, release the rest
+                self.share.forget_job(status.tenant, job_id)
+                self.share.add_job(status.tenant, job_id)
+                sent += dispatch(self.app, self.share, status.tenant)
         return sent
+
+    def release_windows(self) -> int:
+        """Top up every tenant's window (normally finishing tasks do this themselves)."""
+        return sum(dispatch(self.app, self.share, tenant) for tenant in self.share.tenants())

@@ -12,9 +12,11 @@ import os
 import time
 from dataclasses import dataclass
 
+from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.memory import HeapTrimmer, reuse_photo_buffers
 from depthfleet.shared.pipeline import DepthEstimator, load_backend
+from depthfleet.shared.queue import fair_share
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.sources import SourceReader
 from depthfleet.shared.storage import Storage, open_storage
@@ -34,6 +36,7 @@ class Runtime:
     weights_sha256: str  # keys stored results: see ``result_identity``
     threads: int
     heap: HeapTrimmer  # keeps the process near DEPTHFLEET_WORKER_MEMORY_MB between photos
+    share: FairShare  # releases a tenant's next task when one of its tasks finishes
 
 
 _runtime: Runtime | None = None
@@ -76,15 +79,17 @@ def init_runtime(settings: Settings, threads: int) -> Runtime:
         pin_threads(threads)
         backend = load_backend(settings, threads)
         estimator = DepthEstimator(backend, settings.fast_decode)
+        store = JobStore(connect(settings.redis_url or ""), settings.job_ttl_days * 86400)
         _runtime = Runtime(
             settings=settings,
-            store=JobStore(connect(settings.redis_url or ""), settings.job_ttl_days * 86400),
+            store=store,
             storage=open_storage(settings),
             sources=SourceReader(settings),
             estimator=estimator,
             weights_sha256=result_identity(estimator, backend.weights_sha256),
             threads=threads,
             heap=HeapTrimmer(settings.worker_memory_mb << 20),
+            share=fair_share(store, settings),
         )
         log.info("model ready in %.2fs (%s, %d threads)", time.perf_counter() - started,
                  backend.name, threads)

@@ -27,6 +27,7 @@ from depthfleet.shared import layout
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.metrics import count_item, observe_stage
+from depthfleet.shared.queue import dispatch
 from depthfleet.shared.render import render
 from depthfleet.shared.storage import ObjectMissing, StorageError
 from depthfleet.worker import leases, observability
@@ -40,26 +41,42 @@ MAX_COUNTDOWN = 60
 TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
 
 
-def process_items(task: Task, job_id: str, indexes: list[int]) -> dict[str, int]:
-    """Process ``indexes`` of ``job_id``; transient faults retry the task with backoff."""
+def process_items(task: Task, job_id: str, indexes: list[int],
+                  token: str | None = None) -> dict[str, int]:
+    """Process ``indexes`` of ``job_id``; transient faults retry the task with backoff.
+
+    A task released by the fair share (``token``) releases its tenant's next one when it is
+    done, here or after its last retry; while it waits for a retry it keeps its slot.
+    """
     rt = runtime()
     try:
         with _keeper(rt).holding_items(job_id, indexes):
-            return {"processed": _process_all(rt, job_id, indexes)}
+            processed, tenant = _process_all(rt, job_id, indexes)
     except TRANSIENT as exc:
-        return _retry_later(task, rt, job_id, indexes, exc)
+        return _retry_later(task, rt, job_id, indexes, exc, token)
+    _release_next(rt, task, tenant, token)
+    return {"processed": processed}
 
 
-def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> int:
+def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> tuple[int, str | None]:
     status = rt.store.status(job_id)
     if status is None:
         log.warning("job %s no longer exists; dropping %d items", job_id, len(indexes))
-        return 0
+        return 0, None
     processed = 0
     for index in indexes:
         processed += process_item(rt, job_id, index, status.tenant, status.options)
         rt.heap.after_photo()
-    return processed
+    return processed, status.tenant
+
+
+def _release_next(rt: Runtime, task: Task, tenant: str | None, token: str | None) -> None:
+    """Free this task's slot in its tenant's window and send what fits in it now."""
+    if tenant is None:
+        return
+    if token is not None:
+        rt.share.finished(tenant, token)
+    dispatch(task.app, rt.share, tenant)
 
 
 def retry_countdown(retries: int, visibility_timeout: int) -> int:
@@ -69,12 +86,14 @@ def retry_countdown(retries: int, visibility_timeout: int) -> int:
 
 
 def _retry_later(task: Task, rt: Runtime, job_id: str, indexes: list[int],
-                 exc: Exception) -> dict[str, int]:
+                 exc: Exception, token: str | None) -> dict[str, int]:
     retries, limit = task.request.retries, rt.settings.storage_retries
     if retries >= limit:
         if not isinstance(exc, StorageError):
             raise exc  # the job store is gone for good: leases and the reaper take over
         _fail_unfinished(rt, job_id, indexes, exc, limit)
+        status = rt.store.status(job_id)
+        _release_next(rt, task, status.tenant if status else None, token)
         return {"processed": 0}
     countdown = retry_countdown(retries, rt.settings.visibility_timeout)
     with contextlib.suppress(*TRANSIENT):  # held through the countdown: the reaper waits
@@ -125,7 +144,9 @@ def _read_source(rt: Runtime, source: str) -> bytes:
     """An uploaded input (a storage key) or a photo already in a bucket (a source URL)."""
     try:
         with observe_stage("storage"):
-            return rt.sources.read(source) if "://" in source else rt.storage.get(source)
+            if "://" in source:
+                return rt.sources.read(source, rt.settings.max_upload_bytes)
+            return rt.storage.get(source)
     except ObjectMissing:
         raise InputError("source_missing", f"the input object {source!r} does not exist",
                          404) from None

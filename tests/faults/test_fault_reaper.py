@@ -53,8 +53,9 @@ def test_a_stored_job_whose_tasks_were_never_sent_still_finishes(deploy, tmp_pat
     # What the API stores before it sends tasks; here it "dies" right after.
     items = [NewItem(name=p.name, source=layout.input_key("local", d), sha256=d)
              for p, d in zip(paths, digests)]
-    job_id, queued = deployment.store.create_job("local", items, {})
-    assert len(queued) == batch
+    created = deployment.store.create_job("local", items, {})
+    job_id = created.job_id
+    assert len(created.queued) == batch
 
     wait_finished(client, job_id, timeout=120)
     assert_each_item_once(deployment, client, job_id, batch)
