@@ -9,24 +9,26 @@ a batch, a bad image becomes an item failed with its reason.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
-from depthfleet.api import services
+from depthfleet.api import bodies, services
 from depthfleet.api.uploads import valid_digest
 from depthfleet.shared import ingest, layout, sources
 from depthfleet.shared.archives import archive_kind
 from depthfleet.shared.errors import InputError
-from depthfleet.shared.imaging.decode import decode_image
+from depthfleet.shared.imaging.decode import probe
+from depthfleet.shared.names import clean_text
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import NewItem
 
 SNIFF_BYTES = 512
 MAX_SIDE_LIMIT = 16384
+MAX_NAME_CHARS = 1024
 
 
 @dataclass
@@ -39,19 +41,23 @@ class JobRequest:
 
 
 def parse_options(raw: Any) -> dict[str, Any]:
-    """Validate ``options``: ``outputs`` (subset of the artifacts) and ``max_side``."""
-    if raw in (None, ""):
+    """Validate ``options`` (an object, or a JSON string of one from a form field):
+    ``outputs`` (a list of artifact names; none or empty: all) and ``max_side``."""
+    if raw is None or raw == "":
         raw = {}
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = bodies.loads(raw)
         except ValueError:
             raise InputError("invalid_options", "options must be a JSON object") from None
     if not isinstance(raw, dict) or set(raw) - {"outputs", "max_side"}:
         raise InputError("invalid_options", "options may hold only 'outputs' and 'max_side'")
-    outputs = raw.get("outputs") or list(ARTIFACTS)
-    if not isinstance(outputs, list) or not outputs or set(outputs) - set(ARTIFACTS):
-        raise InputError("invalid_options", f"outputs must be a non-empty list of {list(ARTIFACTS)}")
+    outputs = raw.get("outputs")
+    if outputs is None or outputs == []:
+        outputs = list(ARTIFACTS)
+    if not isinstance(outputs, list) or \
+            not all(isinstance(o, str) and o in ARTIFACTS for o in outputs):
+        raise InputError("invalid_options", f"outputs must be a list of {list(ARTIFACTS)}")
     max_side = raw.get("max_side")
     if max_side is not None and (not isinstance(max_side, int) or isinstance(max_side, bool)
                                  or not 1 <= max_side <= MAX_SIDE_LIMIT):
@@ -61,12 +67,20 @@ def parse_options(raw: Any) -> dict[str, Any]:
 
 # -- multipart uploads ------------------------------------------------------------------
 def from_multipart(files: list[FileStorage], form_options: str | None, tenant: str) -> JobRequest:
+    """Images become items now (header-checked); archives are stored whole for a worker."""
     if not files:
         raise InputError("no_files", "send one or more 'file' parts (images or archives)")
     options = parse_options(form_options)
     if len(files) == 1 and not _is_archive(files[0]):
         return JobRequest([_single_image(files[0], tenant)], options)
-    return JobRequest(_items_from_parts(files, tenant), options)
+    items, deferred = [], []
+    for part in files:
+        if _is_archive(part):
+            deferred.append(_staged_archive(part, tenant))
+        else:
+            items.append(ingest.checked_input(services.storage(), tenant, _part_name(part),
+                                              part.stream.read(), services.settings().max_pixels))
+    return JobRequest(items, options, deferred=deferred)
 
 
 def _is_archive(part: FileStorage) -> bool:
@@ -75,21 +89,25 @@ def _is_archive(part: FileStorage) -> bool:
     return archive_kind(head) is not None
 
 
+def _part_name(part: FileStorage) -> str:
+    return clean_text(part.filename or "upload")[:MAX_NAME_CHARS]
+
+
 def _single_image(part: FileStorage, tenant: str) -> NewItem:
-    """A lone image is decoded fully here, so a bad one is refused with its 4xx code."""
+    """A lone image is checked from its header here, so a bad one is refused with its 4xx
+    code; damage inside its pixel data is found by the worker, which fails the item."""
     data = part.stream.read()
-    decode_image(data, services.settings().max_pixels)
-    return ingest.store_input(services.storage(), tenant, part.filename or "upload", data)
+    probe(data, services.settings().max_pixels)
+    return ingest.store_input(services.storage(), tenant, _part_name(part), data)
 
 
-def _items_from_parts(files: list[FileStorage], tenant: str) -> Iterator[NewItem]:
-    storage, settings = services.storage(), services.settings()
-    for part in files:
-        if _is_archive(part):
-            yield from ingest.items_from_archive(part.stream, storage, tenant, settings)
-        else:
-            yield ingest.checked_input(storage, tenant, part.filename or "upload",
-                                       part.stream.read(), settings.max_pixels)
+def _staged_archive(part: FileStorage, tenant: str) -> dict[str, str]:
+    """Store an uploaded archive as it came (never opened here) for a worker to expand."""
+    storage = services.storage()
+    filename = _part_name(part).replace("\\", "/").rsplit("/", 1)[-1].lstrip(".") or "archive"
+    key = layout.staging_key(tenant, uuid.uuid4().hex, filename)
+    storage.put_file(key, part.stream)
+    return {"kind": "archive", "url": f"{storage.url}/{key}", "staged": "1"}
 
 
 # -- JSON: objects already in storage ---------------------------------------------------
@@ -124,9 +142,16 @@ def _items_from_uploads(uploads: Any, tenant: str) -> list[NewItem]:
         raise InputError("invalid_request", "'uploads' must be a non-empty list")
     items = []
     for entry in uploads:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise InputError("invalid_request", "each upload needs 'name' and 'sha256'")
+        if not isinstance(entry, dict) or not _storable_name(entry.get("name")):
+            raise InputError("invalid_request", "each upload needs 'name' (text of 1.."
+                             f"{MAX_NAME_CHARS} characters) and 'sha256'")
         digest = valid_digest(entry.get("sha256"))
         items.append(NewItem(name=entry["name"], source=layout.input_key(tenant, digest),
                              sha256=digest))
     return items
+
+
+def _storable_name(name: Any) -> bool:
+    """Text of bounded length; lone surrogates ("\\udcfc" in JSON) are made readable by the
+    job store (``names.clean_text``), not refused."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS

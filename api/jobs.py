@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Blueprint, Response, redirect, request, send_file, stream_with_context, url_for
+from flask import Blueprint, Response, redirect, request, send_file, stream_with_context
 
 from depthfleet.api import ingest, services
+from depthfleet.api.links import external
 from depthfleet.api.auth import current_tenant
+from depthfleet.api.bodies import json_body
 from depthfleet.shared.errors import DepthFleetError
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import JobStatus
-from depthfleet.shared.queue import enqueue_ingest, enqueue_items
+from depthfleet.shared.queue import dispatch, enqueue_ingest, enqueue_items
 from depthfleet.shared.storage import ObjectMissing, Storage
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -35,15 +37,34 @@ class NotFound(DepthFleetError):
 
 
 class Busy(DepthFleetError):
-    def __init__(self) -> None:
-        super().__init__("queue_full", "too much work is queued; retry later", 429)
+    """429: the fleet, or this tenant, has as much work pending as it may (``Retry-After``)."""
+
+    def __init__(self, message: str = "too much work is queued; retry later") -> None:
+        super().__init__("queue_full", message, 429)
+
+
+class TooManyItems(DepthFleetError):
+    def __init__(self, count: int, quota: int) -> None:
+        super().__init__("too_many_items", f"the request holds {count:,} items; one tenant "
+                         f"may have at most {quota:,} pending (DEPTHFLEET_TENANT_MAX_QUEUED_ITEMS)",
+                         413)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
+JOB_ID_DIGITS = frozenset("0123456789abcdef")
+
+
+def valid_job_id(job_id: object) -> bool:
+    """Job ids are ``uuid4().hex``; anything else names no job (and never reaches Redis)."""
+    return isinstance(job_id, str) and len(job_id) == 32 and set(job_id) <= JOB_ID_DIGITS
+
+
 def _job_or_404(job_id: str) -> JobStatus:
+    if not valid_job_id(job_id):
+        raise NotFound()
     status = services.store().status(job_id, tenant=current_tenant())
     if status is None:
         raise NotFound()
@@ -57,19 +78,20 @@ def status_body(status: JobStatus) -> dict[str, Any]:
         "cancelled": status.cancelled, "reused": status.reused, "ingesting": status.ingesting,
         "progress": round(status.progress, 6), "options": status.options,
         "created_at": _iso(status.created_at), "updated_at": _iso(status.updated_at),
-        "links": {"self": url_for("jobs.get_job", job_id=status.id, _external=True),
-                  "items": url_for("jobs.list_items", job_id=status.id, _external=True),
-                  "manifest": url_for("jobs.manifest", job_id=status.id, _external=True)},
+        "links": {"self": external("jobs.get_job", job_id=status.id),
+                  "items": external("jobs.list_items", job_id=status.id),
+                  "manifest": external("jobs.manifest", job_id=status.id)},
     }
 
 
 def item_body(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """An item as clients see it: storage keys become artifact URLs of this API."""
-    artifacts = {name: url_for("jobs.artifact", job_id=job_id, index=record["index"],
-                               filename=ARTIFACTS[name].filename, _external=True)
+    artifacts = {name: external("jobs.artifact", job_id=job_id, index=record["index"],
+                                filename=ARTIFACTS[name].filename)
                  for name in record.get("artifacts") or {}}
     return {
-        "index": record["index"], "name": record["name"], "status": record["status"],
+        "index": record["index"], "name": record["name"], "raw_name": record.get("raw_name"),
+        "status": record["status"],
         "width": record.get("width"), "height": record.get("height"),
         "error": record.get("error"), "depth_min": record.get("depth_min"),
         "depth_max": record.get("depth_max"), "artifacts": artifacts,
@@ -80,39 +102,59 @@ def item_body(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
 
 @bp.post("")
 def create_job() -> tuple[Response, int, dict[str, str]]:
-    store, settings = services.store(), services.settings()
-    if store.pending_items() >= settings.max_queued_items:
-        raise Busy()
-    tenant = current_tenant()
-    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:128]
+    """Store what the request holds, create the job, send its first tasks; that is all.
+
+    Archives are stored whole and expanded by a worker; images are checked from their
+    header only. Nothing here costs more than reading and storing the request's bytes.
+    """
+    store, tenant = services.store(), current_tenant()
+    _check_capacity(tenant, 0)
+    idempotency_key = request.headers.get("Idempotency-Key", "").strip()[:256] or None
     earlier = idempotency_key and store.job_for_idempotency_key(tenant, idempotency_key)
     if earlier:
         return _accepted(_job_or_404(earlier))
     if request.mimetype == "application/json":
-        job_request = ingest.from_json(request.get_json(silent=True), tenant)
+        job_request = ingest.from_json(json_body(), tenant)
     else:
         job_request = ingest.from_multipart(request.files.getlist("file"),
                                             request.form.get("options"), tenant)
-    job_id, queued = store.create_job(tenant, job_request.items, job_request.options,
-                                      ingesting=bool(job_request.deferred))
-    accepted = _job_or_404(job_id)  # as committed, before any worker can touch it
-    if idempotency_key:  # before sending: a client retrying a failed send gets this same job
-        store.remember_idempotency_key(tenant, idempotency_key, job_id)
-    _enqueue(job_id, queued)
-    if job_request.deferred:
-        enqueue_ingest(services.celery(), job_id, job_request.deferred)
+    items = list(job_request.items)
+    _check_capacity(tenant, len(items))
+    created = store.create_job(tenant, items, job_request.options,
+                               ingesting=bool(job_request.deferred),
+                               idempotency_key=idempotency_key)
+    accepted = _job_or_404(created.job_id)  # as committed, before any worker can touch it
+    if not created.existing:
+        _start(created.job_id, tenant, job_request.deferred)
     return _accepted(accepted)
+
+
+def _check_capacity(tenant: str, adding: int) -> None:
+    """429 if the fleet or this tenant is at its limit; 413 if the request never fits."""
+    store, settings = services.store(), services.settings()
+    quota = settings.tenant_max_queued_items
+    if adding > quota:
+        raise TooManyItems(adding, quota)
+    if store.pending_items() + adding > settings.max_queued_items:
+        raise Busy()
+    if store.pending_items(tenant) + adding > quota:
+        raise Busy(f"this API key has {quota:,} items pending at most "
+                   "(DEPTHFLEET_TENANT_MAX_QUEUED_ITEMS); retry when some have finished")
+
+
+def _start(job_id: str, tenant: str, deferred: list[dict[str, str]]) -> None:
+    """Hand a stored job to the workers: its first tasks in turn with the tenant's others,
+    and the expansion of what it names in storage."""
+    services.fair_share().add_job(tenant, job_id)
+    dispatch(services.celery(), services.fair_share(), tenant)
+    if deferred:
+        enqueue_ingest(services.celery(), job_id, deferred)
 
 
 def _accepted(status: JobStatus) -> tuple[Response, int, dict[str, str]]:
     body = status_body(status)
     return Response(json.dumps(body), mimetype="application/json"), 202, \
         {"Location": body["links"]["self"]}
-
-
-def _enqueue(job_id: str, indexes: list[int]) -> None:
-    """Send items to the workers; called only once they are stored (never before)."""
-    enqueue_items(services.celery(), job_id, indexes, services.settings().items_per_task)
 
 
 @bp.get("/<job_id>")
@@ -130,8 +172,8 @@ def list_items(job_id: str) -> dict[str, Any]:
     return {
         "items": [item_body(job_id, r) for r in records],
         "total": status.total,
-        "next": url_for("jobs.list_items", job_id=job_id, offset=offset + limit, limit=limit,
-                        _external=True) if more else None,
+        "next": external("jobs.list_items", job_id=job_id, offset=offset + limit,
+                         limit=limit) if more else None,
     }
 
 
@@ -190,5 +232,5 @@ def retry_job(job_id: str) -> tuple[dict[str, Any], int]:
     store = services.store()
     requeued = [i for i in store.retryable_indexes(job_id) if store.requeue_item(job_id, i)]
     if requeued:
-        _enqueue(job_id, requeued)
+        enqueue_items(services.celery(), job_id, requeued, services.settings().items_per_task)
     return {**status_body(_job_or_404(job_id)), "requeued": len(requeued)}, 202

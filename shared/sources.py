@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,24 +86,51 @@ class SourceReader:
         self._client = self._client or s3_client(self.settings)
         return self._client
 
-    def read(self, url: str) -> bytes:
+    def read(self, url: str, limit: int | None = None) -> bytes:
         buffer = io.BytesIO()
-        self.copy_to(url, buffer)
+        self.copy_to(url, buffer, limit)
         return buffer.getvalue()
 
-    def copy_to(self, url: str, target: IO[bytes]) -> None:
-        """Stream the object into ``target`` (archives are never held whole in memory)."""
+    def copy_to(self, url: str, target: IO[bytes], limit: int | None = None) -> int:
+        """Stream the object into ``target``; returns its size.
+
+        Archives are never held whole in memory, and no more than ``limit`` bytes are ever
+        copied: an object that is larger (a presigned upload past the limit, say) is refused
+        as ``file_too_large`` once its size is known, before any byte of it is read.
+        """
         parsed = urlparse(url)
-        if parsed.scheme == "file":
-            try:
+        try:
+            if parsed.scheme == "file":
                 with Path(unquote(parsed.path)).open("rb") as fh:
-                    shutil.copyfileobj(fh, target, 1 << 20)
-            except FileNotFoundError:
-                raise ObjectMissing(url) from None
-            return
-        bucket, key = split_s3_url(url)
-        with _s3_errors(url):
-            self._s3().download_fileobj(bucket, key, target)
+                    return _copy_bounded(fh, target, limit, url)
+            bucket, key = split_s3_url(url)
+            with _s3_errors(url):
+                response = self._s3().get_object(Bucket=bucket, Key=key)
+                try:
+                    return _copy_bounded(response["Body"], target, limit, url,
+                                         declared=response.get("ContentLength"))
+                finally:
+                    response["Body"].close()
+        except FileNotFoundError:
+            raise ObjectMissing(url) from None
+
+
+def _copy_bounded(source: IO[bytes], target: IO[bytes], limit: int | None, url: str,
+                  declared: int | None = None) -> int:
+    if limit is not None and declared is not None and declared > limit:
+        raise _too_large(url, declared, limit)
+    copied = 0
+    while chunk := source.read(1 << 20):
+        copied += len(chunk)
+        if limit is not None and copied > limit:
+            raise _too_large(url, copied, limit)
+        target.write(chunk)
+    return copied
+
+
+def _too_large(url: str, size: int, limit: int) -> InputError:
+    return InputError("file_too_large", f"{url.rsplit('/', 1)[-1]!r} is over {size:,} bytes; "
+                      f"the limit is {limit:,} (DEPTHFLEET_MAX_UPLOAD_MB)")
 
 
 @contextmanager

@@ -11,9 +11,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import urlparse
 
 from depthfleet.shared.errors import DepthFleetError, InputError
@@ -48,7 +49,7 @@ class Storage(Protocol):
     url: str
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
-    def put_file(self, key: str, path: Path) -> None: ...
+    def put_file(self, key: str, source: Path | IO[bytes]) -> None: ...
     def get(self, key: str) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
@@ -85,11 +86,12 @@ class FileStorage:
             tmp.write(data)
         os.replace(tmp.name, path)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, source: Path | IO[bytes]) -> None:
+        """Store a file's bytes (a path, or a binary stream read from where it stands)."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
-            with path.open("rb") as src:
+            with _opened(source) as src:
                 shutil.copyfileobj(src, tmp, 1 << 20)
         os.replace(tmp.name, target)
 
@@ -165,13 +167,14 @@ class S3Storage:
         self._call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data,
                    ContentType=content_type)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, source: Path | IO[bytes]) -> None:
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
         config = TransferConfig(multipart_threshold=64 << 20, multipart_chunksize=16 << 20)
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+            with _opened(source) as src:
+                self.client.upload_fileobj(src, self.bucket, self._key(key), Config=config)
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"S3 upload of {key!r} failed: {exc}") from exc
 
@@ -212,6 +215,16 @@ class S3Storage:
 
     def ping(self) -> None:
         self._call("head_bucket", Bucket=self.bucket)
+
+
+@contextmanager
+def _opened(source: Path | IO[bytes]) -> Iterator[IO[bytes]]:
+    """A path opened for reading, or the stream itself (left open for its owner)."""
+    if isinstance(source, Path):
+        with source.open("rb") as fh:
+            yield fh
+    else:
+        yield source
 
 
 def s3_client(settings: Settings, endpoint: str | None = None) -> object:

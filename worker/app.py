@@ -17,7 +17,6 @@ from celery.signals import worker_init, worker_process_init, worker_ready, worke
 from depthfleet.shared.pipeline import prepare_model_files
 from depthfleet.shared.queue import INGEST, INGEST_QUEUE, PROCESS_ITEMS, make_celery
 from depthfleet.shared.settings import Settings
-from depthfleet.shared.storage import StorageError
 from depthfleet.worker import ingest, observability, tasks
 from depthfleet.worker.reaper import Reaper
 from depthfleet.worker.runtime import default_threads, init_runtime, runtime
@@ -30,17 +29,32 @@ app = make_celery(settings)
 # Model loading in a pool process can take longer than Celery's 4 s default start-up allowance.
 app.conf.worker_proc_alive_timeout = 60.0
 reaper = Reaper(app, settings)
+INGEST_STORAGE_RETRIES = 20
 
 
 @app.task(name=PROCESS_ITEMS, bind=True)
-def process_items(self: Task, job_id: str, indexes: list[int]) -> dict[str, int]:
-    return tasks.process_items(self, job_id, indexes)
+def process_items(self: Task, job_id: str, indexes: list[int],
+                  token: str | None = None) -> dict[str, int]:
+    return tasks.process_items(self, job_id, indexes, token)
 
 
-@app.task(name=INGEST, queue=INGEST_QUEUE, autoretry_for=(StorageError,), retry_backoff=True,
-          retry_backoff_max=60, max_retries=20)
-def ingest_sources(job_id: str, deferred: list[dict[str, str]]) -> dict[str, int]:
-    return {"added": ingest.ingest_sources(runtime(), app, job_id, deferred)}
+@app.task(name=INGEST, bind=True, queue=INGEST_QUEUE, max_retries=None)
+def ingest_sources(self: Task, job_id: str, deferred: list[dict[str, str]]) -> dict[str, int]:
+    """Expand a job's prefixes and archives; paused and storage-faulted runs continue later
+    from their cursor, and a storage fault that outlasts every retry ends the ingestion."""
+    rt = runtime()
+    try:
+        return {"added": ingest.ingest_sources(rt, app, job_id, deferred)}
+    except ingest.Paused as pause:
+        log.info("job %s: ingestion paused (%s)", job_id, pause)
+        raise self.retry(countdown=pause.seconds) from None
+    except tasks.TRANSIENT as exc:
+        if self.request.retries >= INGEST_STORAGE_RETRIES:
+            status = rt.store.status(job_id)
+            if status is not None:
+                ingest.fail_ingestion(rt, app, status, f"storage unreachable: {exc}")
+            return {"added": 0}
+        raise self.retry(countdown=min(60, 2 ** self.request.retries)) from None
 
 
 @worker_init.connect
