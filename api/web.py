@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template
 
 from depthfleet.api import services
+from depthfleet.shared.reasons import SENTENCES
 
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
@@ -23,6 +24,6 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; "
 def index() -> Response:
     settings = services.settings()
     page = render_template("index.html", keys_required=bool(settings.api_keys),
-                           max_upload_bytes=settings.max_upload_bytes)
+                           max_upload_bytes=settings.max_upload_bytes, reasons=SENTENCES)
     return Response(page, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY,
                                    "Referrer-Policy": "no-referrer"})

@@ -20,17 +20,33 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+SHOWN_FAILURES = 10
+
+
 def _exit_status(failed: int) -> int:
     return 0 if failed == 0 else 1
 
 
+def _summary(out: Any, failed: int, failures: list[dict[str, Any]]) -> int:
+    """Print where the results are and, in words, why the first few inputs failed."""
+    from depthfleet.shared.reasons import in_words
+
+    print(f"depthfleet: results in {out}/ ({failed} failed)", file=sys.stderr)
+    for record in failures[:SHOWN_FAILURES]:
+        print(f"  {record['name']}: {in_words(record.get('error'))}", file=sys.stderr)
+    if len(failures) > SHOWN_FAILURES:
+        print(f"  ... and {len(failures) - SHOWN_FAILURES} more in {out}/manifest.jsonl",
+              file=sys.stderr)
+    return _exit_status(failed)
+
+
 def predict(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    from depthfleet.outputs import OutputFolder
     from depthfleet.predict import predict as run_predict
 
     failed = run_predict(args.paths, args.out, settings, threads=args.threads or _cores(),
                          max_side=options.get("max_side"), outputs=options.get("outputs"))
-    print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
-    return _exit_status(failed)
+    return _summary(args.out, failed, OutputFolder(args.out).failures())
 
 
 def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
@@ -63,8 +79,7 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
                               on_poll=system.check_alive)
     folder.finalize([inp.name for inp in inputs])
     failed = sum(1 for inp in inputs if not folder.is_done(inp.name))
-    print(f"depthfleet: results in {args.out}/ ({failed} failed)", file=sys.stderr)
-    return _exit_status(failed)
+    return _summary(args.out, failed, folder.failures())
 
 
 def submit(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
@@ -91,7 +106,7 @@ def fetch(args: argparse.Namespace, settings: Settings, options: dict[str, Any])
     collector = Collector(Client(args.server, _api_key(args, settings)), args.job, folder,
                           lambda item: item["name"])
     collector.run(desc="fetch")
-    return _exit_status(collector.failed)
+    return _summary(args.out, collector.failed, folder.failures())
 
 
 def weights(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:

@@ -114,6 +114,10 @@ class OutputFolder:
         with self.manifest.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def failures(self) -> list[dict[str, Any]]:
+        """The records of inputs whose latest outcome is a failure."""
+        return [r for r in self.records.values() if r["status"] == "failed"]
+
     def finalize(self, order: list[str]) -> None:
         """Rewrite the manifest: one line per input, in input order, latest outcome only."""
         lines = [json.dumps({**self.records[name], "index": i})
