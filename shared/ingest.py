@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from depthfleet.shared import layout, sources
-from depthfleet.shared.archives import ArchiveEntry, iter_archive
+from depthfleet.shared.archives import ArchiveEntry, ArchiveLimits, iter_archive
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import probe
 from depthfleet.shared.jobs import NewItem
@@ -54,7 +54,11 @@ def checked_input(storage: Storage, tenant: str, name: str, data: bytes,
 def items_from_archive(stream: IO[bytes], storage: Storage, tenant: str,
                        settings: Settings, prefix: str = "") -> Iterator[NewItem]:
     """One item per regular file of the archive, named by its path inside it."""
-    for entry in iter_archive(stream, settings.max_upload_bytes):
+    limits = ArchiveLimits(entry_bytes=settings.max_entry_mb << 20,
+                           archive_bytes=settings.max_archive_inflated_mb << 20,
+                           entries=settings.max_archive_entries,
+                           cpu_seconds=settings.archive_cpu_seconds)
+    for entry in iter_archive(stream, limits):
         yield _from_entry(entry, storage, tenant, settings.max_pixels, prefix)
 
 
@@ -62,8 +66,11 @@ def _from_entry(entry: ArchiveEntry, storage: Storage, tenant: str, max_pixels: 
                 prefix: str) -> NewItem:
     name = prefix + entry.name
     if entry.error is not None:
-        return failed(name, entry.error)
-    return checked_input(storage, tenant, name, entry.data or b"", max_pixels)
+        item = failed(name, entry.error)
+    else:
+        item = checked_input(storage, tenant, name, entry.data or b"", max_pixels)
+    item.raw_name = entry.raw_name
+    return item
 
 
 def items_from_prefix(settings: Settings, prefix_url: str) -> Iterator[NewItem]:
