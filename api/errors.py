@@ -33,16 +33,28 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        code = "file_too_large" if exc.code == 413 else _snake(exc.name)
+        status = exc.code or 500
+        code = "file_too_large" if status == 413 else _snake(exc.name)
         message = exc.description or exc.name
-        if exc.code == 413:
+        if status == 413:
             message = "the request body is larger than DEPTHFLEET_MAX_UPLOAD_MB allows"
-        return error_response(code, message, exc.code or 500)
+        response = error_response(code, message, status)
+        for name, value in exc.get_headers():  # Allow, WWW-Authenticate, Retry-After...
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         import redis
 
+        if isinstance(exc, (RecursionError, UnicodeError)):  # input no check caught: a 400
+            log.warning("refused a request: %s", type(exc).__name__, exc_info=exc)
+        if isinstance(exc, RecursionError):  # e.g. a JSON body nested thousands deep
+            return error_response("invalid_json", "the request nests too deeply", 400)
+        if isinstance(exc, UnicodeError):  # a header, field or name that is not UTF-8
+            return error_response("invalid_encoding", "the request holds text that is not "
+                                  "valid UTF-8", 400)
         if isinstance(exc, redis.RedisError):
             log.warning("job store unavailable: %s", exc)
             return error_response("unavailable", "the job store is unreachable; try again", 503)

@@ -9,37 +9,45 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 from flask import Blueprint, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from depthfleet.api import services
+from depthfleet.api.bodies import json_body
 from depthfleet.api.auth import current_tenant
 from depthfleet.shared import ingest, layout
 from depthfleet.shared.errors import InputError
 
 bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
 
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_CHECK = 5000
+MAX_FILENAME = 255
+UPLOAD_CHUNK = 1 << 20
+IN_MEMORY_BYTES = 8 << 20  # a larger upload goes to storage from its spool file
 
 
 def valid_digest(digest: object) -> str:
-    if not isinstance(digest, str) or not SHA256.match(digest):
+    if not isinstance(digest, str) or not SHA256.fullmatch(digest):
         raise InputError("invalid_digest", "sha256 digests are 64 lowercase hex digits")
     return digest
 
 
 @bp.post("/check")
 def check() -> dict[str, list[str]]:
-    body = request.get_json(silent=True) or {}
+    body = _object_body()
     digests = body.get("sha256")
     if not isinstance(digests, list) or len(digests) > MAX_CHECK:
         raise InputError("invalid_request", f"send {{'sha256': [...]}} with at most {MAX_CHECK}")
-    storage, tenant = services.storage(), current_tenant()
-    missing = [d for d in map(valid_digest, digests)
-               if not storage.exists(layout.input_key(tenant, d))]
-    return {"missing": missing}
+    checked = [valid_digest(d) for d in digests]
+    known = services.store().known_uploads(current_tenant(), checked)  # no storage lookups
+    return {"missing": [d for d in checked if d not in known]}
 
 
 @bp.post("/presign")
@@ -48,10 +56,8 @@ def presign() -> tuple[dict[str, object], int]:
 
     Then ``POST /v1/jobs {"keys": [source]}`` names it and a worker expands it.
     """
-    body = request.get_json(silent=True) or {}
-    filename = body.get("filename")
-    if not isinstance(filename, str) or not filename.lower().endswith(ingest.ARCHIVE_SUFFIXES) \
-            or "/" in filename or filename.startswith("."):
+    filename = _object_body().get("filename")
+    if not _plain_name(filename) or not filename.lower().endswith(ingest.ARCHIVE_SUFFIXES):
         raise InputError("invalid_request",
                          f"'filename' must be a plain archive name ending in {ingest.ARCHIVE_SUFFIXES}")
     storage, settings = services.storage(), services.settings()
@@ -67,16 +73,66 @@ def presign() -> tuple[dict[str, object], int]:
 @bp.put("/<digest>")
 def put(digest: str) -> tuple[dict[str, object], int]:
     valid_digest(digest)
-    data = request.get_data(cache=False)
-    if not data:
-        raise InputError("empty_file", "the upload is empty")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != digest:
-        raise InputError("digest_mismatch", f"the body's sha256 is {actual}, not {digest}")
-    key = layout.input_key(current_tenant(), digest)
-    storage = services.storage()
-    repeated = storage.exists(key)
-    if not repeated:
-        storage.put(key, data)
+    with tempfile.NamedTemporaryFile(prefix="depthfleet-upload-") as spool:
+        size, actual = _receive(spool, services.settings().max_upload_bytes)
+        if not size:
+            raise InputError("empty_file", "the upload is empty")
+        if actual != digest:
+            raise InputError("digest_mismatch", f"the body's sha256 is {actual}, not {digest}")
+        key = layout.input_key(current_tenant(), digest)
+        storage = services.storage()
+        repeated = storage.exists(key)
+        if not repeated:
+            if size <= IN_MEMORY_BYTES:
+                spool.seek(0)
+                storage.put(key, spool.read())
+            else:
+                storage.put_file(key, Path(spool.name))
     services.store().count("uploads_repeated" if repeated else "uploads_stored")
-    return {"sha256": digest, "size": len(data), "already_stored": repeated}, 201
+    services.store().remember_uploads(current_tenant(), [digest])
+    return {"sha256": digest, "size": size, "already_stored": repeated}, 201
+
+
+def _object_body() -> dict[str, Any]:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise InputError("invalid_request", "send a JSON object")
+    return body
+
+
+def _plain_name(name: object) -> bool:
+    """A file name without folders or a leading dot; printable (so no lone surrogates)."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_FILENAME and name.isprintable() \
+        and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
+def _receive(spool: IO[bytes], limit: int) -> tuple[int, str]:
+    """Copy the body into ``spool``: its size and sha256."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in _body_chunks(limit):
+        digest.update(chunk)
+        spool.write(chunk)
+        size += len(chunk)
+    spool.flush()
+    return size, digest.hexdigest()
+
+
+def _body_chunks(limit: int) -> Iterator[bytes]:
+    """The request body in chunks, framed by Content-Length or chunked; 413 past ``limit``.
+
+    werkzeug stops a chunked body (no Content-Length) at MAX_CONTENT_LENGTH without an error,
+    so a server that frames the body itself (gunicorn sets ``wsgi.input_terminated``) is read
+    directly and counted here.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    if request.environ.get("wsgi.input_terminated"):
+        stream = request.environ["wsgi.input"]
+    else:
+        stream = request.stream
+    size = 0
+    while chunk := stream.read(UPLOAD_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+        yield chunk
