@@ -59,7 +59,9 @@ def items_from_archive(stream: IO[bytes], storage: Storage, tenant: str,
                            entries=settings.max_archive_entries,
                            cpu_seconds=settings.archive_cpu_seconds)
     for entry in iter_archive(stream, limits):
-        yield _from_entry(entry, storage, tenant, settings.max_pixels, prefix)
+        item = _from_entry(entry, storage, tenant, settings.max_pixels, prefix)
+        del entry  # the entry's bytes go before the next entry is inflated
+        yield item
 
 
 def _from_entry(entry: ArchiveEntry, storage: Storage, tenant: str, max_pixels: int,

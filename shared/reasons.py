@@ -22,7 +22,6 @@ SENTENCES: dict[str, str] = {
     "unsupported_entry": "This archive entry is not a regular file (a link, a device, "
                          "encrypted, or compressed in a way this server does not read).",
     "unsafe_path": "This archive entry's path points outside the archive.",
-    "too_many_entries": "The archive holds more files than this server accepts.",
     "archive_limit": "The archive went past a limit of this server (size unpacked, number "
                      "of files or time), so its remaining files were not read.",
     "ingest_failed": "The server could not finish reading this job's archives or folders; "

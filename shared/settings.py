@@ -106,7 +106,7 @@ class Settings:
     max_queued_items: int = 1_000_000  # the whole fleet's pending items: Redis memory's guard
     tenant_max_queued_items: int = 250_000  # one tenant's pending items; over it: 429
     tenant_window: int = 0  # tasks per tenant in the broker: 0 auto (2 per live process), -1 off
-    max_entry_mb: int = 256  # largest file inside an archive, inflated
+    max_entry_mb: int = 64  # largest file inside an archive, inflated (held in worker memory)
     max_archive_inflated_mb: int = 16_384  # bytes one archive may inflate to, in all
     max_archive_entries: int = 250_000
     archive_cpu_seconds: int = 600  # CPU one archive expansion may take
