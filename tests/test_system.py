@@ -59,7 +59,7 @@ def _submit(system: System, paths: list[Path], headers=ALICE, options=None) -> d
 def _wait(system: System, job_id: str, headers=ALICE) -> dict:
     return poll(lambda: requests.get(f"{system.api_url}/v1/jobs/{job_id}", headers=headers,
                                      timeout=10).json(),
-                lambda s: s["pending"] == 0, JOB_TIMEOUT)
+                lambda s: s["pending"] == 0 and not s["ingesting"], JOB_TIMEOUT)
 
 
 def _items(system: System, job_id: str, headers=ALICE) -> list[dict]:

@@ -221,7 +221,8 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (48, 64),
 
 
 def wait_finished(client: Client, job_id: str, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
-    return poll(lambda: client.status(job_id), lambda s: s["pending"] == 0, timeout)
+    return poll(lambda: client.status(job_id),
+                lambda s: s["pending"] == 0 and not s["ingesting"], timeout)
 
 
 def wait_progress(client: Client, job_id: str, done: int, timeout: float = JOB_TIMEOUT) -> dict:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from faults.faultkit import JOB_TIMEOUT, all_items, live_pool_pids
+from faults.faultkit import all_items, live_pool_pids, wait_finished
 from hostile import (big_members_tar_gz, bzip2_bomb_zip, lzma_bomb_zip, overlapping_zip,
                      tiff_pages)
-from support import build_archive, poll, tiny_jpeg
+from support import build_archive, tiny_jpeg
 
 pytestmark = pytest.mark.faults
 
@@ -133,8 +133,7 @@ def _finished(api: str, job_id: str) -> list[dict]:
     from depthfleet.client import Client
 
     client = Client(api, api_key=KEYS["alice"], timeout=60)
-    poll(lambda: client.status(job_id), lambda s: s["pending"] == 0 and not s["ingesting"],
-         JOB_TIMEOUT)
+    wait_finished(client, job_id)
     return all_items(client, job_id)
 
 

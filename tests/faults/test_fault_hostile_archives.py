@@ -14,9 +14,9 @@ import json
 import pytest
 import requests
 
-from faults.faultkit import JOB_TIMEOUT, all_items
+from faults.faultkit import all_items, wait_finished
 from hostile import WORDS, damaged_zip, gzip_not_tar, named_tar, named_zip, representable
-from support import poll, tiny_jpeg
+from support import tiny_jpeg
 
 pytestmark = pytest.mark.faults
 
@@ -62,8 +62,7 @@ def _post_json(api: str, body: dict) -> str:
 
 def _finished_items(deployment, job_id: str) -> dict[str, dict]:
     client = deployment.client()
-    status = poll(lambda: client.status(job_id),
-                  lambda s: s["pending"] == 0 and not s["ingesting"], JOB_TIMEOUT)
+    status = wait_finished(client, job_id)
     assert status["ingesting"] is False and status["status"] in ("succeeded", "partial",
                                                                   "failed"), status
     items = all_items(client, job_id)
