@@ -135,6 +135,7 @@ def _check_capacity(tenant: str, adding: int) -> None:
     quota = settings.tenant_max_queued_items
     if adding > quota:
         raise TooManyItems(adding, quota)
+    adding = max(1, adding)  # before the body is read: room for at least one more item
     if store.pending_items() + adding > settings.max_queued_items:
         raise Busy()
     if store.pending_items(tenant) + adding > quota:
