@@ -1,10 +1,11 @@
 """Turning a ``POST /v1/jobs`` request into stored inputs and job items.
 
 What arrives in the request (images, archives) is stored before the request returns, so
-nothing lives only in the API's memory. What is already in storage and may be huge (a bucket
-prefix, an archive object) is expanded by a worker (``deferred``), so the API stays thin and
-answers at once. A single image upload is decoded fully and refused outright if bad; inside
-a batch, a bad image becomes an item failed with its reason.
+nothing lives only in the API's memory. Archives (uploaded, or named in storage) and bucket
+prefixes are expanded by a worker (``deferred``): the API never opens an archive nor decodes
+a pixel, so no input can cost it more than reading and storing its bytes. Images are checked
+from their header: a single upload with a bad one is refused outright; inside a batch, a
+bad image becomes an item failed with its reason.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from depthfleet.shared import ingest, layout, sources
 from depthfleet.shared.archives import archive_kind
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import probe
-from depthfleet.shared.names import clean_text
 from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import NewItem
+from depthfleet.shared.names import clean_text
 
 SNIFF_BYTES = 512
 MAX_SIDE_LIMIT = 16384

@@ -1,19 +1,26 @@
 """The job store: jobs, their items and their counters in Redis.
 
-This is the only module that knows Redis key names. Every item state change goes through
-``_transition`` (one Lua script), which moves an item between states and adjusts the job's
-counters in the same atomic step; a terminal item is never moved again except by an explicit
-retry, so a task that runs twice counts its items once.
+This module knows the job store's Redis key names (``shared.fairshare`` owns the few keys of
+the fair share, and reads the job hash's ``stored``/``released`` fields). Every item state
+change goes through ``_transition`` (one Lua script), which moves an item between states and
+adjusts the job's, the tenant's and the fleet's counters in the same atomic step; a terminal
+item is never moved again except by an explicit retry, so a task that runs twice counts its
+items once. Every string of a record is valid Unicode (``_dumps``), so the scripts' cjson
+always decodes it.
 
 Keys (all expire ``job_ttl_days`` after the job's last change):
-  df:job:{id}          hash   tenant, created_at, updated_at, options, total, queued, running,
-                              succeeded, failed, cancelled, reused, cancel_requested
+  df:job:{id}          hash   tenant, created_at, updated_at, options, total, stored (end of
+                              the last stored chunk), released (items sent by the fair
+                              share), queued, running, succeeded, failed, cancelled, reused,
+                              cancel_requested, ingesting, ingest_cursor
   df:job:{id}:items    hash   index -> item record (JSON)
   df:tenant:{t}:jobs   zset   job id -> created_at (the tenant's job list)
+  df:tenant-stats:{t}  hash   the tenant's pending items (its quota)
+  df:tenant:{t}:uploads zset  sha256 -> when the tenant last stored those bytes (uploads/check)
   df:leases            zset   "{id}:{index}" -> lease expiry of items a live task holds (running,
                               or queued in a running or retrying task): the reaper's view
   df:stats             hash   global counters: pending items (backpressure), model runs
-  df:idem:{t}:{key}    string job id created by a request with that Idempotency-Key
+  df:idem:{t}:{sha256 of key}  string  the job created by a request with that Idempotency-Key
   df:lock:{name}       string short-lived, renewable lock (one process computes a deduplicated
                               result; one reaper sweeps at a time)
 """
