@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import BAD_DIR, PARITY_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
+from depthfleet.commands import SHOWN_FAILURES
 from depthfleet.outputs import output_stems
 from depthfleet.shared.imaging.encode import decode_pfm
+from depthfleet.shared.reasons import describe
 from support import system_env
 
 
@@ -76,6 +78,12 @@ def test_predict_every_photo_and_every_bad_file(tmp_path, cli_env):
             assert record["error"]["message"]
         elif "width" in entry:
             assert (record["width"], record["height"]) == (entry["width"], entry["height"])
+    failures = [r for r in manifest.values() if r["status"] == "failed"]
+    shown = failures[:SHOWN_FAILURES]
+    for record in shown:  # the reasons in words, as on the web page
+        assert f"{record['name']}: {describe(record['error']['code'])}" in result.stderr
+    if len(failures) > len(shown):
+        assert f"and {len(failures) - len(shown)} more" in result.stderr
 
 
 def test_predict_caps_artifacts_at_max_side(tmp_path, cli_env):
