@@ -12,12 +12,15 @@ A finishing task releases the next one, taken in turn from the tenant's jobs (a 
 - jobs of one tenant are served in turn too.
 
 Items not yet released are still ``queued`` in the job store (counted, cancellable); the
-release cursor (``released`` in the job hash) says how many of a job's items were sent.
+release cursor (``released`` in the job hash) says how many of a job's items were sent, and
+it never passes ``stored``, the end of the job's last stored chunk of items (an index range:
+an ingestion that died after taking indexes but before storing them leaves a gap that
+``total``, a count, would not show).
 Nothing here can lose an item: a released task that is lost leaves its token until it
 lapses (the window then opens again), and the reaper's sweeps resend items whose tasks are
 gone (``worker.reaper``).
 
-Keys (besides the job hash fields ``released`` and ``ingesting``):
+Keys (besides the job hash fields ``stored``, ``released`` and ``ingesting``):
   df:share:tenants           set    tenants whose ring is not empty
   df:share:{t}:ring          list   the tenant's job ids with items left to release
   df:share:{t}:inflight      zset   "{job}:{first index}" -> lapse time of released tasks
@@ -59,9 +62,9 @@ while free > 0 do
   if n == 0 or idle >= n then break end
   local job = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
   local key = prefix .. job
-  local fields = redis.call('HMGET', key, 'total', 'released', 'ingesting', 'cancel_requested')
-  local total, released = tonumber(fields[1] or '0'), tonumber(fields[2] or '0')
-  local left = total - released
+  local fields = redis.call('HMGET', key, 'stored', 'released', 'ingesting', 'cancel_requested')
+  local stored, released = tonumber(fields[1] or '0'), tonumber(fields[2] or '0')
+  local left = stored - released
   if fields[1] == false or fields[4] == '1' or (left <= 0 and fields[3] ~= '1') then
     redis.call('LREM', ring, -1, job)  -- finished releasing (or gone, or cancelled)
   elseif left <= 0 then
