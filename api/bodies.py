@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from depthfleet.shared.errors import InputError
 
 MAX_JSON_BYTES = 64 << 20  # a tenant's whole quota of uploads fits in one job request
 MAX_JSON_DEPTH = 64
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 20
 SCAN_CHUNK = 1 << 20
 
 # A JSON string, or an unterminated one up to the end; possessive, so linear on any input.
@@ -50,18 +51,29 @@ def _limit() -> int:
 def _read(limit: int) -> bytes:
     if not request.is_json:
         raise invalid("send the body as JSON with 'Content-Type: application/json'")
+    return b"".join(body_chunks(limit, lambda: _too_large(limit)))
+
+
+def body_chunks(limit: int, too_large: Callable[[], Exception]) -> Iterator[bytes]:
+    """The request body in chunks, framed by Content-Length or chunked; ``too_large()`` is
+    raised (a 413) as soon as it is known to pass ``limit``.
+
+    werkzeug stops a chunked body (no Content-Length) at MAX_CONTENT_LENGTH without an error,
+    so a body the server frames itself (gunicorn sets ``wsgi.input_terminated``) is read
+    directly and counted here.
+    """
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    stream, chunks, size = request.stream, [], 0
-    while size <= limit:
-        chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
+        raise too_large()
+    if request.environ.get("wsgi.input_terminated"):
+        stream = request.environ["wsgi.input"]
+    else:
+        stream = request.stream
+    size = 0
+    while chunk := stream.read(min(READ_CHUNK, limit + 1 - size)):
         size += len(chunk)
-    if size > limit:
-        raise _too_large(limit)
-    return b"".join(chunks)
+        if size > limit:
+            raise too_large()
+        yield chunk
 
 
 def _too_large(limit: int) -> InputError:

@@ -8,12 +8,12 @@ clients resolve against the URL they called.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from flask import request, url_for
 
 from depthfleet.api import services
+from depthfleet.api.auth import is_loopback
 
 
 def external(endpoint: str, **values: Any) -> str:
@@ -33,9 +33,4 @@ def _base() -> str:
 def _is_loopback_host(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost" or is_loopback(name)

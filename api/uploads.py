@@ -11,15 +11,14 @@ import hashlib
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from depthfleet.api import services
-from depthfleet.api.bodies import json_body
+from depthfleet.api.bodies import body_chunks, json_body
 from depthfleet.api.auth import current_tenant
 from depthfleet.shared import ingest, layout
 from depthfleet.shared.errors import InputError
@@ -29,7 +28,6 @@ bp = Blueprint("uploads", __name__, url_prefix="/v1/uploads")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_CHECK = 5000
 MAX_FILENAME = 255
-UPLOAD_CHUNK = 1 << 20
 IN_MEMORY_BYTES = 8 << 20  # a larger upload goes to storage from its spool file
 
 
@@ -109,30 +107,9 @@ def _plain_name(name: object) -> bool:
 def _receive(spool: IO[bytes], limit: int) -> tuple[int, str]:
     """Copy the body into ``spool``: its size and sha256."""
     digest, size = hashlib.sha256(), 0
-    for chunk in _body_chunks(limit):
+    for chunk in body_chunks(limit, RequestEntityTooLarge):
         digest.update(chunk)
         spool.write(chunk)
         size += len(chunk)
     spool.flush()
     return size, digest.hexdigest()
-
-
-def _body_chunks(limit: int) -> Iterator[bytes]:
-    """The request body in chunks, framed by Content-Length or chunked; 413 past ``limit``.
-
-    werkzeug stops a chunked body (no Content-Length) at MAX_CONTENT_LENGTH without an error,
-    so a server that frames the body itself (gunicorn sets ``wsgi.input_terminated``) is read
-    directly and counted here.
-    """
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
-    if request.environ.get("wsgi.input_terminated"):
-        stream = request.environ["wsgi.input"]
-    else:
-        stream = request.stream
-    size = 0
-    while chunk := stream.read(UPLOAD_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise RequestEntityTooLarge()
-        yield chunk

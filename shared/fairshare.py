@@ -41,7 +41,6 @@ from depthfleet.shared.jobs import JobStore
 TAIL_TASKS = 4  # a job's last 4 tasks' worth of items go one per task: no idle worker at the end
 MIN_WINDOW = 2
 WINDOW_PER_PROCESS = 2
-WINDOW_OFF = -1  # DEPTHFLEET_TENANT_WINDOW=off: every task is sent at once (no fair share)
 FLEET_CACHE_SECONDS = 5.0
 
 # Release up to the tenant's free window, taking jobs from its ring in turn.
@@ -160,9 +159,6 @@ class FairShare:
     def tenants(self) -> list[str]:
         """Tenants that still have items to release."""
         return sorted(t.decode() for t in self.redis.smembers(self._TENANTS))
-
-    def in_flight(self, tenant: str) -> int:
-        return int(self.redis.zcount(self._inflight(tenant), time.time(), "+inf"))
 
     # -- the fleet ----------------------------------------------------------------------
     def heartbeat(self, worker: str, processes: int, ttl_seconds: float) -> None:

@@ -601,7 +601,7 @@ def chunked(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
 
 def _new_record(index: int, item: NewItem) -> dict[str, Any]:
     return {
-        "index": index, "name": clean_text(item.name),
+        "index": index, "name": item.name,  # made valid Unicode by _dumps, like every string
         "raw_name": item.raw_name.hex() if item.raw_name is not None else None,
         "status": "failed" if item.error else "queued",
         "source": item.source, "sha256": item.sha256, "size": item.size,

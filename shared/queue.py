@@ -10,6 +10,8 @@ is harmless. Celery's result backend is not used: job state lives in ``shared.jo
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from depthfleet.shared.fairshare import TAIL_TASKS, FairShare, Release
@@ -99,10 +101,18 @@ def task_batches(indexes: list[int], per_task: int) -> list[list[int]]:
 def enqueue_items(app: Celery, job_id: str, indexes: list[int], per_task: int) -> int:
     """Send these items as tasks at once, outside any window (recovery and retries)."""
     batches = task_batches(indexes, per_task)
-    with app.producer_or_acquire() as producer:
-        for batch in batches:
-            app.send_task(PROCESS_ITEMS, args=[job_id, batch], queue=QUEUE, producer=producer)
+    _send(app, [([job_id, batch], {}) for batch in batches])
     return len(batches)
+
+
+def _send(app: Celery, tasks: list[tuple[list[Any], dict[str, Any]]]) -> None:
+    """``process_items`` tasks, (args, kwargs) each, over one producer connection."""
+    if not tasks:
+        return
+    with app.producer_or_acquire() as producer:
+        for args, kwargs in tasks:
+            app.send_task(PROCESS_ITEMS, args=args, kwargs=kwargs, queue=QUEUE,
+                          producer=producer)
 
 
 def fair_share(store: JobStore, settings: Settings) -> FairShare:
@@ -119,12 +129,7 @@ def dispatch(app: Celery, share: FairShare, tenant: str) -> int:
 
 
 def send_released(app: Celery, releases: list[Release]) -> int:
-    if not releases:
-        return 0
-    with app.producer_or_acquire() as producer:
-        for release in releases:
-            app.send_task(PROCESS_ITEMS, args=[release.job_id, release.indexes],
-                          kwargs={"token": release.token}, queue=QUEUE, producer=producer)
+    _send(app, [([r.job_id, r.indexes], {"token": r.token}) for r in releases])
     return sum(release.count for release in releases)
 
 

@@ -23,14 +23,13 @@ Sending an item twice is harmless: tasks skip finished items and counters move o
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
 from celery import Celery
-
-import os
-import socket
 
 from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
