@@ -21,9 +21,9 @@ from depthfleet.api import bodies, services
 from depthfleet.api.uploads import valid_digest
 from depthfleet.shared import ingest, layout, sources
 from depthfleet.shared.archives import archive_kind
+from depthfleet.shared.artifacts import ARTIFACTS, stored_outputs
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import probe
-from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.jobs import NewItem
 from depthfleet.shared.names import clean_text
 
@@ -43,7 +43,8 @@ class JobRequest:
 
 def parse_options(raw: Any) -> dict[str, Any]:
     """Validate ``options`` (an object, or a JSON string of one from a form field):
-    ``outputs`` (a list of artifact names; none or empty: all) and ``max_side``."""
+    ``outputs`` (artifact names to store; none or empty: the compact set, from which the
+    full-size ones are rendered on read) and ``max_side``. The job keeps what will be stored."""
     if raw is None or raw == "":
         raw = {}
     if isinstance(raw, str):
@@ -53,9 +54,7 @@ def parse_options(raw: Any) -> dict[str, Any]:
             raise InputError("invalid_options", "options must be a JSON object") from None
     if not isinstance(raw, dict) or set(raw) - {"outputs", "max_side"}:
         raise InputError("invalid_options", "options may hold only 'outputs' and 'max_side'")
-    outputs = raw.get("outputs")
-    if outputs is None or outputs == []:
-        outputs = list(ARTIFACTS)
+    outputs = raw.get("outputs") or []
     if not isinstance(outputs, list) or \
             not all(isinstance(o, str) and o in ARTIFACTS for o in outputs):
         raise InputError("invalid_options", f"outputs must be a list of {list(ARTIFACTS)}")
@@ -63,7 +62,7 @@ def parse_options(raw: Any) -> dict[str, Any]:
     if max_side is not None and (not isinstance(max_side, int) or isinstance(max_side, bool)
                                  or not 1 <= max_side <= MAX_SIDE_LIMIT):
         raise InputError("invalid_options", f"max_side must be a whole number 1..{MAX_SIDE_LIMIT}")
-    return {"outputs": [o for o in ARTIFACTS if o in outputs], "max_side": max_side}
+    return {"outputs": list(stored_outputs(outputs)), "max_side": max_side}
 
 
 # -- multipart uploads ------------------------------------------------------------------

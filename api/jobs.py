@@ -6,7 +6,6 @@ exactly like a job that never existed.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -14,12 +13,13 @@ from typing import Any
 
 from flask import Blueprint, Response, redirect, request, send_file, stream_with_context
 
-from depthfleet.api import ingest, services
-from depthfleet.api.links import external
+from depthfleet.api import ingest, renders, services
 from depthfleet.api.auth import current_tenant
 from depthfleet.api.bodies import json_body
-from depthfleet.shared.errors import DepthFleetError
-from depthfleet.shared.imaging.encode import ARTIFACTS
+from depthfleet.api.links import external
+from depthfleet.shared.artifacts import ARTIFACTS, BY_FILENAME, FULL_SIZE
+from depthfleet.shared.depth import output_size
+from depthfleet.shared.errors import DepthFleetError, InputError
 from depthfleet.shared.jobs import JobStatus
 from depthfleet.shared.queue import dispatch, enqueue_ingest, enqueue_items
 from depthfleet.shared.storage import ObjectMissing, Storage
@@ -28,12 +28,20 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
-ARTIFACT_BY_FILENAME = {spec.filename: name for name, spec in ARTIFACTS.items()}
+MAX_SIDE_LIMIT = 65_535
 
 
 class NotFound(DepthFleetError):
     def __init__(self, what: str = "job") -> None:
         super().__init__("not_found", f"no such {what}", 404)
+
+
+class NotRenderable(DepthFleetError):
+    """A result stored before compact results: only its stored size exists."""
+
+    def __init__(self) -> None:
+        super().__init__("not_renderable", "this result was stored before depth_raw existed; "
+                         "only its stored size is available (omit max_side)", 409)
 
 
 class Busy(DepthFleetError):
@@ -84,11 +92,19 @@ def status_body(status: JobStatus) -> dict[str, Any]:
     }
 
 
+def offered_artifacts(record: dict[str, Any]) -> list[str]:
+    """What an item can be asked for: what is stored, and every full-size artifact if
+    depth_raw is stored to render it from (results from before it: what they stored)."""
+    stored = record.get("artifacts") or {}
+    renderable = FULL_SIZE if "depth_raw" in stored else ()
+    return [name for name in ARTIFACTS if name in stored or name in renderable]
+
+
 def item_body(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
     """An item as clients see it: storage keys become artifact URLs of this API."""
     artifacts = {name: external("jobs.artifact", job_id=job_id, index=record["index"],
                                 filename=ARTIFACTS[name].filename)
-                 for name in record.get("artifacts") or {}}
+                 for name in offered_artifacts(record)}
     return {
         "index": record["index"], "name": record["name"], "raw_name": record.get("raw_name"),
         "status": record["status"],
@@ -192,32 +208,80 @@ def manifest(job_id: str) -> Response:
 
 @bp.get("/<job_id>/items/<int:index>/<filename>")
 def artifact(job_id: str, index: int, filename: str) -> Response:
-    _job_or_404(job_id)
-    name = ARTIFACT_BY_FILENAME.get(filename)
+    """An artifact's bytes (``?inline=1``) or a redirect to them in storage; full-size ones
+    of compact results are rendered on first read (``?max_side=N`` for a smaller size)."""
+    status = _job_or_404(job_id)
+    name = BY_FILENAME.get(filename)
     record = services.store().item(job_id, index)
-    if name is None or record is None or name not in (record.get("artifacts") or {}):
+    if name is None or record is None or name not in offered_artifacts(record):
         raise NotFound("artifact")
-    key = record["artifacts"][name]
+    key = _artifact_key(status, record, name, _max_side_arg())
+    return _send(key, name, f"{index}.{filename}")
+
+
+def _max_side_arg() -> int | None:
+    raw = request.args.get("max_side")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE_LIMIT:
+        raise InputError("invalid_max_side", f"max_side must be a whole number 1..{MAX_SIDE_LIMIT}")
+    return int(raw)
+
+
+def _artifact_key(status: JobStatus, record: dict[str, Any], name: str,
+                  asked: int | None) -> str:
+    """The stored object that answers: the stored artifact if it has the size asked for
+    (``max_side`` only ever shrinks the job's size), else a render of depth_raw."""
+    stored = record.get("artifacts") or {}
+    job_side = status.options.get("max_side")
+    side = job_side if asked is None else min(asked, job_side or asked)
+    width, height = int(record["width"]), int(record["height"])
+    same_size = output_size(height, width, side) == output_size(height, width, job_side)
+    if name in stored and (same_size or not ARTIFACTS[name].full_size):
+        return stored[name]
+    if "depth_raw" not in stored:
+        raise NotRenderable()
+    settings = services.settings()
+    try:
+        return renders.rendered_key(services.storage(), services.store(), services.render_pool(),
+                                    stored["depth_raw"], width, height, name, side,
+                                    settings.lease_seconds)
+    except ObjectMissing:
+        raise NotFound("artifact") from None
+
+
+def _send(key: str, name: str, download_name: str) -> Response:
+    """A stored object as the response: a redirect to storage, or its bytes streamed.
+
+    ``?inline=1`` (the web page): bytes from this origin, since fetch() cannot follow a
+    redirect to a storage host that sends no CORS headers.
+    """
     storage, settings = services.storage(), services.settings()
-    # ?inline=1 (the web page): bytes from this origin, since fetch() cannot follow a redirect
-    # to a storage host that sends no CORS headers.
     if request.args.get("inline") != "1":
         presigned = storage.presigned_url(key, settings.presign_seconds)
         if presigned:
             return redirect(presigned, code=302)
-    body = storage.local_path(key) or _stored_bytes(storage, key)
-    response = send_file(body, mimetype=ARTIFACTS[name].content_type, max_age=3600,
-                         download_name=f"{index}.{filename}")
+    path = storage.local_path(key)
+    if path is not None:
+        response = send_file(path, mimetype=ARTIFACTS[name].content_type, max_age=3600,
+                             download_name=download_name)
+    else:
+        response = _streamed(storage, key, ARTIFACTS[name].content_type, download_name)
     response.cache_control.public = False
     response.cache_control.private = True  # a tenant's data: never in a shared cache
     return response
 
 
-def _stored_bytes(storage: Storage, key: str) -> io.BytesIO:
+def _streamed(storage: Storage, key: str, content_type: str, download_name: str) -> Response:
     try:
-        return io.BytesIO(storage.get(key))
+        stored = storage.stream(key)
     except ObjectMissing:
         raise NotFound("artifact") from None
+    response = Response(stored.chunks, mimetype=content_type, direct_passthrough=True)
+    response.content_length = stored.size
+    response.cache_control.max_age = 3600
+    response.headers["Content-Disposition"] = f'inline; filename="{download_name}"'
+    return response
 
 
 @bp.delete("/<job_id>")

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, current_app
 
+from depthfleet.api.renders import RenderPool
 from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.queue import fair_share as make_fair_share
@@ -54,3 +55,7 @@ def celery() -> Celery:
 
 def fair_share() -> FairShare:
     return _lazy("fair_share", lambda s: make_fair_share(store(), s))
+
+
+def render_pool() -> RenderPool:
+    return _lazy("render_pool", lambda s: RenderPool(s.render_threads))

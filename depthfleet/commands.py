@@ -54,6 +54,7 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
     from depthfleet.local import local_system
     from depthfleet.outputs import OutputFolder, find_inputs
     from depthfleet.results import Collector, StoredArtifacts
+    from depthfleet.shared.artifacts import FULL_SIZE
     from depthfleet.shared.pipeline import prepare_model_files
 
     source_root = args.dir.resolve()
@@ -73,9 +74,12 @@ def run(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -
         prepare_model_files(local)  # weights and exported model ready before any worker starts
         with local_system(local, args.out / ".depthfleet", workers, threads) as system:
             with Client(system.api_url) as client:
-                job = client.submit_json({"keys": list(name_of), "options": options})
+                # Workers store what OUT gets (full size by default), so it is linked out.
+                outputs = options.get("outputs") or list(FULL_SIZE)
+                job = client.submit_json({"keys": list(name_of),
+                                          "options": {**options, "outputs": outputs}})
                 Collector(client, job["id"], folder, lambda item: name_of[item["name"]],
-                          stored=StoredArtifacts.open(system.settings)).run(
+                          stored=StoredArtifacts.open(system.settings), outputs=outputs).run(
                               on_poll=system.check_alive)
     folder.finalize([inp.name for inp in inputs])
     failed = sum(1 for inp in inputs if not folder.is_done(inp.name))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depthfleet.shared.imaging.encode import ARTIFACTS
+from depthfleet.shared.artifacts import ARTIFACTS
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp",

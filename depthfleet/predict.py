@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from depthfleet.outputs import Input, OutputFolder, find_inputs, manifest_record
 from depthfleet.shared.errors import InputError
-from depthfleet.shared.imaging.encode import ARTIFACTS
+from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.memory import reuse_photo_buffers
 from depthfleet.shared.pipeline import DepthEstimator, load_backend
 from depthfleet.shared.render import render
@@ -76,7 +76,7 @@ def predict(paths: list[Path], out: Path, settings: Settings, threads: int | Non
         in_flight = max(1, min(len(todo), (threads or _cores()) // per_image))
         backend = load_backend(settings, per_image, callers=in_flight)
         predictor = _Predictor(folder, DepthEstimator(backend, settings.fast_decode), settings,
-                               max_side, outputs or list(ARTIFACTS))
+                               max_side, outputs or list(FULL_SIZE))
         with ThreadPoolExecutor(in_flight) as pool, \
                 tqdm(total=len(todo), desc="depth", unit="img", dynamic_ncols=True) as bar:
             for ok in pool.map(predictor, todo):

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from depthfleet.client import TERMINAL_JOB_STATES, Client
 from depthfleet.outputs import OutputFolder, manifest_record
+from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import FileStorage, open_storage
@@ -75,10 +76,12 @@ class Collector:
 
     def __init__(self, client: Client, job_id: str, folder: OutputFolder,
                  local_name: Callable[[dict[str, Any]], str], workers: int = 4,
-                 stored: StoredArtifacts | None = None) -> None:
+                 stored: StoredArtifacts | None = None, outputs: Sequence[str] = FULL_SIZE,
+                 max_side: int | None = None) -> None:
         self.client, self.job_id, self.folder = client, job_id, folder
         self.local_name = local_name
         self.stored = stored
+        self.outputs, self.max_side = tuple(outputs), max_side
         self.collected: set[int] = set()
         self.failed = 0
         self.pool = ThreadPoolExecutor(workers)
@@ -121,8 +124,10 @@ class Collector:
             return
         artifacts = {}
         if item["status"] == "succeeded":
-            for artifact, url in item["artifacts"].items():
-                artifacts[artifact] = self._save(name, item["index"], artifact, url)
+            for artifact in self.outputs:
+                if artifact in item["artifacts"]:
+                    artifacts[artifact] = self._save(name, item["index"], artifact,
+                                                     item["artifacts"][artifact])
         else:
             self.failed += 1
         summary = {k: item.get(k) for k in ("width", "height", "depth_min", "depth_max")}
@@ -132,7 +137,11 @@ class Collector:
         self.collected.add(item["index"])
 
     def _save(self, name: str, index: int, artifact: str, url: str) -> str:
+        """Link the stored file if it is here at the size wanted; else download it (the
+        API renders full-size artifacts of compact results on read)."""
         source = self.stored.path(self.job_id, index, artifact) if self.stored else None
-        if source is None:
+        if source is None or self.max_side is not None:
+            if self.max_side is not None:
+                url = f"{url}{'&' if '?' in url else '?'}max_side={self.max_side}"
             return self.folder.write_artifact(name, artifact, self.client.download(url))
         return link_artifact(self.folder, name, artifact, source)

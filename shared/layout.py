@@ -7,6 +7,10 @@ item of the same tenant (deduplication), and a retried task overwrites rather th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+CACHE_PREFIX = "cache/"
+
 
 def input_key(tenant: str, sha256: str) -> str:
     """An uploaded photo (or archive entry), by the sha256 of its bytes."""
@@ -32,9 +36,21 @@ def result_meta_key(prefix: str) -> str:
     return f"{prefix}/meta.json"
 
 
-def variant(weights_sha256: str, max_side: int | None) -> str:
-    """Results depend on the weights and on the output size cap, nothing else."""
-    return f"w{weights_sha256[:16]}-{'full' if max_side is None else f'max{max_side}'}"
+def variant(weights_sha256: str, max_side: int | None, full_size: Sequence[str] = ()) -> str:
+    """Results depend on the weights, on the output size cap (the depth range in meta.json is
+    that of the map at that size) and on which full-size artifacts are stored beside the
+    compact ones, so folders with different stored sets never mix: ``w<sha>-full-raw``,
+    ``w<sha>-max640-raw+depth_png``. (Before compact results: ``w<sha>-full``, still read.)"""
+    size = "full" if max_side is None else f"max{max_side}"
+    return f"w{weights_sha256[:16]}-{size}-raw" + "".join(f"+{name}" for name in full_size)
+
+
+def render_key(depth_raw_key: str, size: tuple[int, int], filename: str) -> str:
+    """A full-size artifact rendered on read, cached for later reads: under ``cache/`` so
+    one storage lifecycle rule expires every render (they can all be made again)."""
+    folder = depth_raw_key.rsplit("/", 1)[0]
+    height, width = size
+    return f"{CACHE_PREFIX}{folder}/{width}x{height}/{filename}"
 
 
 def tenant_prefix(tenant: str) -> str:

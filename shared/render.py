@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from depthfleet.shared.artifacts import make_compact, render_full_size
+from depthfleet.shared.depth import RawDepth
 from depthfleet.shared.imaging.decode import Draft, decode_draft, decode_image
-from depthfleet.shared.imaging.encode import encode_artifacts
 from depthfleet.shared.metrics import observe_stage
 from depthfleet.shared.pipeline import NETWORK_SIDE, DepthEstimator
 
@@ -19,8 +20,8 @@ DRAFT_MIN_SIDE = 4 * NETWORK_SIDE  # a drafted photo keeps 4x the network's reso
 class Rendered:
     """The artifacts of one photo and the facts an item record keeps about it.
 
-    ``width``/``height`` are the photo's upright size; the artifacts have that size unless
-    ``max_side`` capped them.
+    ``width``/``height`` are the photo's upright size; full-size artifacts have that size
+    unless ``max_side`` capped them, and ``depth_min``/``depth_max`` are those of that map.
     """
 
     width: int
@@ -28,6 +29,7 @@ class Rendered:
     depth_min: float
     depth_max: float
     artifacts: dict[str, bytes | bytearray]
+    raw: RawDepth
 
     def summary(self) -> dict[str, float | int]:
         return {"width": self.width, "height": self.height,
@@ -36,16 +38,22 @@ class Rendered:
 
 def render(data: bytes, estimator: DepthEstimator, outputs: Sequence[str],
            max_side: int | None, max_pixels: int) -> Rendered:
-    """Raises ``InputError`` for bad photos; anything else is a fault of ours or the machine's."""
+    """The named ``outputs`` (compact and full-size) of one photo.
+
+    Raises ``InputError`` for bad photos; anything else is a fault of ours or the machine's.
+    """
     with observe_stage("decode"):
         photo = _decode(data, estimator, max_pixels)
     with observe_stage("inference"):
-        depth = estimator.predict(photo.rgb, max_side, (photo.height, photo.width)).depth
-    low, high = _finite_range(depth)
+        net = estimator.predict_raw(photo.rgb)
+    raw = RawDepth(net, photo.width, photo.height)
     with observe_stage("encode"):
-        artifacts = encode_artifacts(depth, outputs)
+        depth = raw.at(max_side)  # for the range even when no full-size artifact is stored
+        low, high = _finite_range(depth)
+        artifacts = {**render_full_size(raw, outputs, max_side, depth),
+                     **make_compact(raw, photo.rgb, outputs)}
     return Rendered(width=photo.width, height=photo.height, depth_min=low, depth_max=high,
-                    artifacts=artifacts)
+                    artifacts=artifacts, raw=raw)
 
 
 def _finite_range(depth: np.ndarray) -> tuple[float, float]:

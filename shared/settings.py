@@ -112,6 +112,8 @@ class Settings:
     archive_cpu_seconds: int = 600  # CPU one archive expansion may take
     job_ttl_days: int = 30
     presign_seconds: int = 300
+    render_threads: int = 1  # per API process: full-size renders on read at once
+    render_cache_days: int = 7  # renders on read are kept this long under cache/
     items_per_task: int = 8
     task_time_limit: int = 900
     visibility_timeout: int = 3600
@@ -167,6 +169,8 @@ class Settings:
                                      base.archive_cpu_seconds),
             job_ttl_days=_int(env, "DEPTHFLEET_JOB_TTL_DAYS", base.job_ttl_days),
             presign_seconds=_int(env, "DEPTHFLEET_PRESIGN_SECONDS", base.presign_seconds, 10),
+            render_threads=_int(env, "DEPTHFLEET_RENDER_THREADS", base.render_threads),
+            render_cache_days=_int(env, "DEPTHFLEET_RENDER_CACHE_DAYS", base.render_cache_days),
             items_per_task=_int(env, "DEPTHFLEET_ITEMS_PER_TASK", base.items_per_task),
             task_time_limit=_int(env, "DEPTHFLEET_TASK_TIME_LIMIT", base.task_time_limit, 10),
             visibility_timeout=_int(env, "DEPTHFLEET_VISIBILITY_TIMEOUT", base.visibility_timeout, 10),

@@ -7,9 +7,11 @@ same key simply overwrites it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +45,18 @@ class ObjectInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class Stored:
+    """An object being read: its size, and its bytes in pieces of at most ``STREAM_CHUNK``,
+    so serving a 50 MB artifact holds one piece in memory, not 50 MB."""
+
+    size: int
+    chunks: Iterator[bytes]
+
+
+STREAM_CHUNK = 1 << 20
+
+
 class Storage(Protocol):
     """What the API and the workers need from object storage."""
 
@@ -51,6 +65,7 @@ class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def put_file(self, key: str, source: Path | IO[bytes]) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def stream(self, key: str) -> Stored: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
@@ -58,6 +73,7 @@ class Storage(Protocol):
     def presigned_put(self, key: str, seconds: int) -> str | None: ...
     def local_path(self, key: str) -> Path | None: ...
     def ping(self) -> None: ...
+    def expire_prefix(self, prefix: str, days: int) -> None: ...
 
 
 def safe_key(key: str) -> str:
@@ -101,6 +117,13 @@ class FileStorage:
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
+    def stream(self, key: str) -> Stored:
+        try:
+            handle = self._path(key).open("rb")
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        return Stored(os.fstat(handle.fileno()).st_size, _file_chunks(handle))
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
@@ -132,6 +155,16 @@ class FileStorage:
     def ping(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"storage folder {self.root} is not writable")
+
+    def expire_prefix(self, prefix: str, days: int) -> None:
+        """Delete files under ``prefix`` older than ``days`` (a folder has no lifecycle rules;
+        the reaper calls this now and then)."""
+        cutoff = time.time() - days * 86400
+        for info in self.list(prefix):
+            path = self.root / info.key
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
 
 class S3Storage:
@@ -181,6 +214,10 @@ class S3Storage:
     def get(self, key: str) -> bytes:
         return self._call("get_object", Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
+    def stream(self, key: str) -> Stored:
+        response = self._call("get_object", Bucket=self.bucket, Key=self._key(key))
+        return Stored(int(response["ContentLength"]), response["Body"].iter_chunks(STREAM_CHUNK))
+
     def exists(self, key: str) -> bool:
         try:
             self._call("head_object", Bucket=self.bucket, Key=self._key(key))
@@ -215,6 +252,30 @@ class S3Storage:
 
     def ping(self) -> None:
         self._call("head_bucket", Bucket=self.bucket)
+
+    def expire_prefix(self, prefix: str, days: int) -> None:
+        """Have the bucket expire objects under ``prefix`` after ``days``: our one lifecycle
+        rule (by its ID), merged into the bucket's own rules rather than replacing them."""
+        rule_id = f"depthfleet-expire-{self.prefix}{prefix}".rstrip("/")[:255]
+        from botocore.exceptions import ClientError
+
+        try:
+            current = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)["Rules"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise StorageError(f"S3 lifecycle of {self.bucket!r} unreadable: {exc}") from exc
+            current = []
+        rules = [rule for rule in current if rule.get("ID") != rule_id]
+        rules.append({"ID": rule_id, "Status": "Enabled", "Filter": {"Prefix": self.prefix + prefix},
+                      "Expiration": {"Days": days}})
+        self._call("put_bucket_lifecycle_configuration", Bucket=self.bucket,
+                   LifecycleConfiguration={"Rules": rules})
+
+
+def _file_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(STREAM_CHUNK):
+            yield chunk
 
 
 @contextmanager

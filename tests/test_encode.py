@@ -14,9 +14,7 @@ from PIL import Image
 from bench.baseline import official_depth_pixels
 from conftest import PARITY_DIR
 from depthfleet.shared.imaging.encode import (
-    ARTIFACTS,
     decode_pfm,
-    encode_artifacts,
     encode_depth_png16,
     encode_heatmap_png,
     encode_pfm,
@@ -189,24 +187,3 @@ def test_png_writer_refuses_what_it_cannot_write(pixels: np.ndarray) -> None:
         encode_png(pixels)
 
 
-# --- the registry ---
-
-def test_artifacts_are_registered_under_their_contract_names() -> None:
-    assert {(a.name, a.filename, a.content_type) for a in ARTIFACTS.values()} == {
-        ("depth_png", "depth.png", "image/png"),
-        ("depth_pfm", "depth.pfm", "image/x-portable-floatmap"),
-        ("heatmap_png", "heatmap.png", "image/png"),
-    }
-
-
-def test_encode_artifacts_encodes_what_is_asked_deterministically() -> None:
-    depth = parity_depth("chelsea")
-    everything = encode_artifacts(depth)
-    assert list(everything) == list(ARTIFACTS)
-    assert encode_artifacts(depth.copy()) == everything
-    assert encode_artifacts(depth, ["heatmap_png"]) == {"heatmap_png": everything["heatmap_png"]}
-
-
-def test_encode_artifacts_rejects_unknown_names() -> None:
-    with pytest.raises(ValueError, match="depth_jpg"):
-        encode_artifacts(np.ones((2, 2), np.float32), ["depth_jpg"])

@@ -13,6 +13,8 @@ the fleet) does two sweeps:
    send them again, and free the window slots their lost tasks held.
 3. Fair share: release what each tenant's window has room for (a job stored by an API that
    died before sending anything; a window that grew because workers joined).
+4. Renders on read (``cache/``), hourly: S3 gets a lifecycle rule that expires them after
+   ``DEPTHFLEET_RENDER_CACHE_DAYS``; a storage folder has its old ones deleted.
 
 Every tick, each worker also announces its pool size (the fair share's window follows the
 live fleet).
@@ -26,17 +28,21 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 from celery import Celery
 
+from depthfleet.shared import layout
 from depthfleet.shared.fairshare import FairShare
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.queue import dispatch, enqueue_items, fair_share, tasks_waiting
 from depthfleet.shared.settings import Settings
+from depthfleet.shared.storage import open_storage
 
 log = logging.getLogger(__name__)
+CACHE_SWEEP_SECONDS = 3600
 
 
 @dataclass
@@ -61,6 +67,7 @@ class Reaper:
         self.processes = settings.concurrency or os.cpu_count() or 1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_cache_sweep = 0.0
 
     @property
     def store(self) -> JobStore:
@@ -110,8 +117,18 @@ class Reaper:
         """One sweep, unless another worker's reaper swept within the last interval."""
         if self.store.acquire_lock("reaper", self.interval * 0.9) is None:
             return Sweep()
-        return Sweep(reclaimed=self.reclaim_lapsed(), redispatched=self.redispatch_lost(),
-                     released=self.release_windows())
+        sweep = Sweep(reclaimed=self.reclaim_lapsed(), redispatched=self.redispatch_lost(),
+                      released=self.release_windows())
+        self.expire_renders()
+        return sweep
+
+    def expire_renders(self) -> None:
+        """Hourly (per reaper): expire renders on read older than the cache's lifetime."""
+        if time.monotonic() < self._next_cache_sweep or not self.settings.storage_url:
+            return
+        self._next_cache_sweep = time.monotonic() + CACHE_SWEEP_SECONDS
+        open_storage(self.settings).expire_prefix(layout.CACHE_PREFIX,
+                                                  self.settings.render_cache_days)
 
     def reclaim_lapsed(self) -> int:
         """Send items whose lease lapsed as new tasks (running ones go back to queued first)."""

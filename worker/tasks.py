@@ -24,8 +24,8 @@ import redis
 from celery import Task
 
 from depthfleet.shared import layout
+from depthfleet.shared.artifacts import ARTIFACTS, FULL_SIZE, result_meta, stored_outputs
 from depthfleet.shared.errors import InputError
-from depthfleet.shared.imaging.encode import ARTIFACTS
 from depthfleet.shared.metrics import count_item, observe_stage
 from depthfleet.shared.queue import dispatch
 from depthfleet.shared.render import render
@@ -36,6 +36,7 @@ from depthfleet.worker.runtime import Runtime, runtime
 log = logging.getLogger(__name__)
 
 DEDUP_WAIT_SECONDS = 120.0
+RECORD_FIELDS = ("width", "height", "depth_min", "depth_max", "artifacts")  # of meta.json
 MAX_COUNTDOWN = 60
 # Faults that pass: storage or the job store unreachable for a while. The task is retried.
 TRANSIENT = (StorageError, redis.ConnectionError, redis.TimeoutError)
@@ -153,14 +154,20 @@ def _read_source(rt: Runtime, source: str) -> bytes:
 
 
 def _produce(rt: Runtime, tenant: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Reuse the tenant's existing result for these bytes, or compute and store it."""
+    """Reuse the tenant's existing result for these bytes, or compute and store it.
+
+    Stored: the compact set, plus the full-size artifacts ``options.outputs`` names; the API
+    renders the others on read from ``depth_raw``.
+    """
     data = _read_source(rt, source)
     sha = hashlib.sha256(data).hexdigest()
     max_side = options.get("max_side")
-    outputs = options.get("outputs") or list(ARTIFACTS)
-    prefix = layout.result_prefix(tenant, sha, layout.variant(rt.weights_sha256, max_side))
+    outputs = list(stored_outputs(options.get("outputs") or ()))
+    full_size = [name for name in outputs if name in FULL_SIZE]
+    prefix = layout.result_prefix(tenant, sha,
+                                  layout.variant(rt.weights_sha256, max_side, full_size))
     meta, reused = _result_once(rt, data, prefix, outputs, max_side)
-    return {**meta, "sha256": sha, "reused": reused}
+    return {**{field: meta[field] for field in RECORD_FIELDS}, "sha256": sha, "reused": reused}
 
 
 def _result_once(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
@@ -212,7 +219,7 @@ def _compute(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
             key = layout.artifact_key(prefix, ARTIFACTS[name].filename)
             rt.storage.put(key, blob, ARTIFACTS[name].content_type)
             artifacts[name] = key
-        meta = {**rendered.summary(), "artifacts": artifacts}
+        meta = result_meta(rendered.raw, rendered.depth_min, rendered.depth_max, artifacts)
         rt.storage.put(layout.result_meta_key(prefix), json.dumps(meta).encode(),
                        "application/json")
     return meta
