@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
 from depthfleet.api import create_app
+from depthfleet.shared.artifacts import ARTIFACTS
 from depthfleet.shared.settings import Settings
 from support import s3_system, tiny_jpeg
 
@@ -68,7 +69,7 @@ BODY_KIND = {
     "jobs.retry_job": "none", "uploads.check": "check", "uploads.presign": "presign",
     "uploads.put": "raw",
 }
-ARTIFACT_FILES = ("depth.png", "depth.pfm", "heatmap.png")
+ARTIFACT_FILES = tuple(spec.filename for spec in ARTIFACTS.values())
 ARGUMENT = re.compile(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>")
 
 
@@ -665,7 +666,9 @@ def _variants(rule: Rule, job_id: str, rng: random.Random) -> list[tuple[str, st
         for filename in (*ARTIFACT_FILES, "x"):
             path = fill(rule, {"job_id": job_id, "index": index, "filename": filename})
             out.append((path, rng.choice(["", "inline=1", "offset=0&limit=1", "offset=-1",
-                                          "limit=abc", "offset=1e99"]),
+                                          "limit=abc", "offset=1e99", "max_side=64",
+                                          "max_side=0", "max_side=-1", "max_side=" + "9" * 99,
+                                          "max_side=abc&inline=1"]),
                         f"index {index} file {filename}"))
     return list(dict.fromkeys(out))
 

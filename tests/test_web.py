@@ -5,9 +5,11 @@ showed go to ``test-artifacts/web/``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ import requests
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from conftest import BAD_DIR, PHOTOS_DIR, REPO
+from depthfleet.shared.artifacts import PREVIEW_SIDE, raw_depth, render_full_size
 from depthfleet.shared.imaging.encode import decode_pfm
 from support import System, running, s3_system, tiny_jpeg
 
@@ -92,15 +95,26 @@ def wait_loaded(image: Locator) -> None:
                                  arg=image.element_handle(), timeout=WAIT_MS)
 
 
+def natural_size(image: Locator) -> tuple[int, int]:
+    width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    return width, height
+
+
+def artifacts_fetched(urls: list[str]) -> list[str]:
+    """The artifact file names among ``urls`` (``…/items/<i>/<filename>``), in order."""
+    paths = (urlparse(url).path for url in urls)
+    return [m.group(1) for m in map(re.compile(r"/items/\d+/([^/]+)$").search, paths) if m]
+
+
 def download(page: Page, link: Locator) -> tuple[str, bytes]:
     with page.expect_download() as info:
         link.click()
     return info.value.suggested_filename, Path(info.value.path()).read_bytes()
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, full_page: bool = True) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / name, full_page=True)
+    page.screenshot(path=SCREENSHOTS / name, full_page=full_page)
 
 
 def followed_job(page: Page) -> str:
@@ -126,8 +140,12 @@ def test_photos_show_beside_heatmaps_with_reasons_and_downloads(system, page, re
     page.get_by_label("Photos or archives").set_input_files(
         [PHOTOS_DIR / name for name in PHOTOS] + [BAD_DIR / BAD])
     for name in PHOTOS:
-        wait_loaded(card(page, name).get_by_role("img", name=f"Depth heatmap of {name}"))
-        wait_loaded(card(page, name).get_by_role("img", name=f"Photo {name}"))
+        for image in (f"Depth heatmap of {name}", f"Photo {name}"):
+            shown = card(page, name).get_by_role("img", name=image)
+            wait_loaded(shown)
+            assert max(natural_size(shown)) <= PREVIEW_SIDE, (image, natural_size(shown))
+    grid = artifacts_fetched(requested)  # the grid shows the compact previews, nothing full size
+    assert sorted(grid) == sorted(["heatmap_preview.jpg", "thumbnail.jpg"] * len(PHOTOS)), grid
 
     items = requests.get(f"{system.api_url}/v1/jobs/{followed_job(page)}/items", timeout=10)
     bad_item = next(item for item in items.json()["items"] if item["name"] == BAD)
@@ -145,13 +163,29 @@ def test_photos_show_beside_heatmaps_with_reasons_and_downloads(system, page, re
 
     chelsea = card(page, "chelsea.jpg")
     width, height = PHOTOS["chelsea.jpg"]
-    filename, data = download(page, chelsea.get_by_role("link", name="16-bit depth PNG"))
-    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    filename, depth_png = download(page, chelsea.get_by_role("link", name="16-bit depth PNG"))
+    depth = cv2.imdecode(np.frombuffer(depth_png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert filename == "chelsea.depth.png"
     assert depth.dtype == np.uint16 and depth.shape == (height, width)
     filename, data = download(page, chelsea.get_by_role("link", name="Depth PFM (float32)"))
     assert filename == "chelsea.depth.pfm" and decode_pfm(data).shape == (height, width)
+    filename, data = download(page, chelsea.get_by_role("link", name="Heatmap PNG"))
+    heatmap = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert filename == "chelsea.heatmap.png" and heatmap.shape == (height, width, 3)
+    raw_link = chelsea.get_by_role("link", name="Network output, float32 TIFF")
+    filename, data = download(page, raw_link)
+    assert filename == "chelsea.depth_raw.tiff"  # and the full-size map is rebuilt from it exactly
+    assert render_full_size(raw_depth(data, width, height), ["depth_png"])["depth_png"] == depth_png
     screenshot(page, "photos.png")
+
+    page.get_by_role("button", name="View larger heatmap of coffee.jpg").click()
+    larger = page.get_by_role("dialog", name="Heatmap of coffee.jpg").get_by_role("img")
+    wait_loaded(larger)
+    assert natural_size(larger) == PHOTOS["coffee.jpg"]  # the screen is larger than the photo
+    assert any("/heatmap.png?max_side=" in url for url in requested), requested
+    screenshot(page, "larger-heatmap.png", full_page=False)  # the modal covers the viewport
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
 
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -209,3 +243,5 @@ def test_api_key_prompt_then_the_page_works(keyed_api, page, requested):
     wait_loaded(card(page, "coins_gray.jpg").get_by_role("img", name=heatmap))
     page.reload()  # the tab keeps its key and follows the batch named in the address
     wait_loaded(card(page, "coins_gray.jpg").get_by_role("img", name=heatmap))
+    # The local file is gone with the reload; the photo is the thumbnail the worker stored.
+    wait_loaded(card(page, "coins_gray.jpg").get_by_role("img", name="Photo coins_gray.jpg"))

@@ -1,5 +1,6 @@
 // One card per item: the photo beside its heatmap with a compare slider and downloads, or the
-// item's state and, when it failed, why.
+// item's state and, when it failed, why. The grid shows the stored compact previews (longer side
+// at most 512 px); full-size files are rendered by the API when they are asked for.
 import { fetchBlob, sameOrigin } from "./api.js";
 import { h } from "./dom.js";
 import { describe, reasonBlock } from "./reasons.js";
@@ -13,11 +14,15 @@ const DOWNLOADS = [
   ["depth_png", "16-bit depth PNG", "depth.png"],
   ["depth_pfm", "Depth PFM (float32)", "depth.pfm"],
   ["heatmap_png", "Heatmap PNG", "heatmap.png"],
+  ["depth_raw", "Network output, float32 TIFF", "depth_raw.tiff"],
 ];
+// The larger heatmap: as large as the screen shows it, never more than a 4 MP render.
+const ZOOM_MAX_SIDE = 2048;
 
 // Artifacts through the API itself: <img> cannot send the bearer key, and the default 302 to
 // presigned storage URLs would be a cross-origin fetch.
-const inline = (url) => `${url}${url.includes("?") ? "&" : "?"}inline=1`;
+const withQuery = (url, query) => `${url}${url.includes("?") ? "&" : "?"}${query}`;
+const inline = (url) => withQuery(url, "inline=1");
 
 /** API URL -> promise of a blob: URL, revoked together when the cards using them go. */
 export class BlobCache {
@@ -59,7 +64,7 @@ export function renderCard(item, photoUrl, blobs) {
 
 function comparison(item, photoUrl, blobs) {
   const caption = h("figcaption", {}, `${item.width} × ${item.height} px`);
-  const source = item.artifacts.heatmap_png;
+  const source = item.artifacts.heatmap_preview ?? item.artifacts.heatmap_png; // older results
   if (!source) {
     return h("figure", { class: "compare" },
              h("p", { class: "card-state" }, "No heatmap was requested for this item."), caption);
@@ -69,26 +74,37 @@ function comparison(item, photoUrl, blobs) {
   frame.style.aspectRatio = `${item.width} / ${item.height}`;
   const state = h("p", { class: "card-state" });
   const figure = h("figure", { class: "compare" }, frame, state, caption);
-  showArtifact(heatmap, source, blobs, state);
-  if (photoUrl) addPhoto(figure, frame, photoUrl, item.name);
+  showArtifact(heatmap, source, blobs, state, "heatmap");
+  const photo = photoSource(item, photoUrl, blobs);
+  if (photo) addPhoto(figure, frame, photo, item.name);
+  if (item.artifacts.heatmap_png) caption.append(zoomButton(item, blobs));
   return figure;
 }
 
-async function showArtifact(img, source, blobs, state) {
-  state.textContent = "Loading heatmap…";
+async function showArtifact(img, source, blobs, state, what) {
+  state.textContent = `Loading ${what}…`;
   try {
     img.src = await blobs.url(inline(source));
     await img.decode();
     state.textContent = "";
   } catch (err) {
-    state.textContent = `Could not load the heatmap: ${err.message}`;
+    state.textContent = `Could not load the ${what}: ${err.message}`;
     state.classList.add("error");
   }
 }
 
+// The stored thumbnail: small, and a JPEG even for HEIC or TIFF originals and archive entries;
+// else the original picked in this tab, if any.
+function photoSource(item, photoUrl, blobs) {
+  const thumbnail = item.artifacts.thumbnail;
+  if (!thumbnail) return photoUrl && Promise.resolve(photoUrl);
+  const fetched = blobs.url(inline(thumbnail));
+  return photoUrl ? fetched.catch(() => photoUrl) : fetched;
+}
+
 // The photo sits under the heatmap; the slider is the divider: photo on its left, depth right.
-function addPhoto(figure, frame, photoUrl, name) {
-  const photo = h("img", { class: "photo", alt: `Photo ${name}`, src: photoUrl });
+function addPhoto(figure, frame, pendingUrl, name) {
+  const photo = h("img", { class: "photo", alt: `Photo ${name}` });
   const slider = h("input", { type: "range", min: "0", max: "100", value: "50",
                               "aria-label": `Share of the photo shown for ${name}` });
   const row = h("div", { class: "slider-row" }, h("span", { "aria-hidden": "true" }, "Photo"),
@@ -97,14 +113,41 @@ function addPhoto(figure, frame, photoUrl, name) {
     frame.style.setProperty("--split", `${slider.value}%`);
     slider.setAttribute("aria-valuetext", `${slider.value}% photo, ${100 - slider.value}% depth`);
   };
-  slider.addEventListener("input", split);
-  photo.addEventListener("error", () => { // e.g. HEIC or TIFF: the heatmap alone
+  const unavailable = (text) => { // the heatmap alone
     photo.remove();
-    row.replaceWith(h("p", { class: "card-state" }, "This browser cannot show the original photo."));
-  });
+    row.replaceWith(h("p", { class: "card-state" }, text));
+  };
+  slider.addEventListener("input", split);
+  photo.addEventListener("error", () => unavailable("This browser cannot show the photo."));
+  pendingUrl.then((url) => { photo.src = url; },
+                  (err) => unavailable(`Could not load the photo: ${err.message}`));
   frame.prepend(photo);
   figure.insertBefore(row, frame.nextSibling);
   split();
+}
+
+/** A button that opens the heatmap in a dialog, rendered by the API to fit this screen. */
+function zoomButton(item, blobs) {
+  const button = h("button", { type: "button", class: "secondary small",
+                               "aria-label": `View larger heatmap of ${item.name}` },
+                   "View larger");
+  button.addEventListener("click", () => showLarger(item, blobs));
+  return button;
+}
+
+function showLarger(item, blobs) {
+  const side = Math.min(ZOOM_MAX_SIDE,
+                        Math.ceil(Math.max(screen.width, screen.height) * devicePixelRatio));
+  const image = h("img", { alt: `Larger depth heatmap of ${item.name}` });
+  const state = h("p", { class: "card-state" });
+  const close = h("button", { type: "submit" }, "Close");
+  const dialog = h("dialog", { class: "zoom", "aria-label": `Heatmap of ${item.name}` },
+                   image, state, h("form", { method: "dialog" }, close));
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+  showArtifact(image, withQuery(item.artifacts.heatmap_png, `max_side=${side}`), blobs, state,
+               "larger heatmap");
 }
 
 function downloads(item, blobs) {

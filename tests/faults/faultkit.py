@@ -30,6 +30,7 @@ import requests
 
 from depthfleet.client import Client
 from depthfleet.local import _spawn, free_port, start_redis, wait_until
+from depthfleet.shared.artifacts import ARTIFACTS, COMPACT
 from depthfleet.shared.jobs import JobStore, connect
 from support import System, poll, tiny_jpeg
 
@@ -237,7 +238,8 @@ def all_items(client: Client, job_id: str) -> list[dict[str, Any]]:
 
 
 # -- exactly once ----------------------------------------------------------------------------
-ARTIFACT_FILES = {"depth.png", "depth.pfm", "heatmap.png", "meta.json"}
+# What a worker stores by default: the compact set and meta.json (full size renders on read).
+ARTIFACT_FILES = {*(ARTIFACTS[name].filename for name in COMPACT), "meta.json"}
 
 
 def assert_each_item_once(deployment: Deployment, client: Client, job_id: str, count: int,
@@ -254,7 +256,8 @@ def assert_each_item_once(deployment: Deployment, client: Client, job_id: str, c
         (count, count, 0, 0), status
     items = all_items(client, job_id)
     assert sorted(item["index"] for item in items) == list(range(count))
-    assert all(item["status"] == "succeeded" and len(item["artifacts"]) == 3 for item in items)
+    assert all(item["status"] == "succeeded" and set(item["artifacts"]) == set(ARTIFACTS)
+               for item in items)
     digests = {item["sha256"] for item in items}
     assert len(digests) == count, "inputs must be distinct for this check"
     folders = _objects_by_folder(deployment.objects(f"t/{tenant}/results/"))
