@@ -223,7 +223,7 @@ def _max_side_arg() -> int | None:
     raw = request.args.get("max_side")
     if raw is None:
         return None
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_SIDE_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SIDE_LIMIT:
         raise InputError("invalid_max_side", f"max_side must be a whole number 1..{MAX_SIDE_LIMIT}")
     return int(raw)
 

@@ -90,9 +90,10 @@ def rendered_key(storage: Storage, store: JobStore, pool: RenderPool, raw_key: s
             _wait_while_held(store, f"render-on-read:{key}", deadline)
             continue  # the holder finished (look again) or died (take over)
         try:
-            raw = raw_depth(storage.get(raw_key), width, height)
-            blob = pool.run(_render_one, raw, name, max_side)
-            storage.put(key, blob, ARTIFACTS[name].content_type)
+            if not storage.exists(key):  # stored while we asked for the lock?
+                raw = raw_depth(storage.get(raw_key), width, height)
+                blob = pool.run(_render_one, raw, name, max_side)
+                storage.put(key, blob, ARTIFACTS[name].content_type)
         finally:
             if lock is not None:
                 lock.release()

@@ -117,10 +117,13 @@ class Client:
                           headers={"Content-Type": "application/octet-stream"})
 
     def upload_many(self, files: list[tuple[Path, str]], workers: int = 8,
-                    on_done: Any = None) -> None:
-        """Upload in parallel; ``on_done(path)`` after each file."""
+                    on_done: Any = None, upload: Any = None) -> None:
+        """Upload in parallel (with ``upload(path, digest)``, default ``self.upload``);
+        ``on_done(path)`` after each file."""
+        upload = upload or self.upload
+
         def one(item: tuple[Path, str]) -> Path:
-            self.upload(*item)
+            upload(*item)
             return item[0]
 
         with ThreadPoolExecutor(workers) as pool:

@@ -32,12 +32,17 @@ def _summary(out: Any, failed: int, failures: list[dict[str, Any]]) -> int:
     from depthfleet.shared.reasons import in_words
 
     print(f"depthfleet: results in {out}/ ({failed} failed)", file=sys.stderr)
-    for record in failures[:SHOWN_FAILURES]:
-        print(f"  {record['name']}: {in_words(record.get('error'))}", file=sys.stderr)
-    if len(failures) > SHOWN_FAILURES:
-        print(f"  ... and {len(failures) - SHOWN_FAILURES} more in {out}/manifest.jsonl",
-              file=sys.stderr)
+    _show_failures([(r["name"], in_words(r.get("error"))) for r in failures],
+                   f" in {out}/manifest.jsonl")
     return _exit_status(failed)
+
+
+def _show_failures(failures: list[tuple[str, str]], rest: str = "") -> None:
+    """``name: reason`` for the first few, then how many more (and where to find them)."""
+    for name, reason in failures[:SHOWN_FAILURES]:
+        print(f"  {name}: {reason}", file=sys.stderr)
+    if len(failures) > SHOWN_FAILURES:
+        print(f"  ... and {len(failures) - SHOWN_FAILURES} more{rest}", file=sys.stderr)
 
 
 def predict(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
@@ -105,12 +110,32 @@ def fetch(args: argparse.Namespace, settings: Settings, options: dict[str, Any])
     from depthfleet.client import Client
     from depthfleet.outputs import OutputFolder
     from depthfleet.results import Collector
+    from depthfleet.shared.artifacts import FULL_SIZE
 
     folder = OutputFolder(args.out)
     collector = Collector(Client(args.server, _api_key(args, settings)), args.job, folder,
-                          lambda item: item["name"])
+                          lambda item: item["name"], outputs=options.get("outputs", FULL_SIZE),
+                          max_side=options.get("max_side"))
     collector.run(desc="fetch")
     return _summary(args.out, collector.failed, folder.failures())
+
+
+def render(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    """Full-size files from the depth_raw of each succeeded record; no model loaded."""
+    from depthfleet.outputs import MANIFEST
+    from depthfleet.render import render_folder
+    from depthfleet.shared.artifacts import FULL_SIZE
+
+    if not (args.dir / MANIFEST).is_file():
+        print(f"depthfleet: no {MANIFEST} in {args.dir}/ (a folder of predict, run or fetch)",
+              file=sys.stderr)
+        return 2
+    report = render_folder(args.dir, options.get("outputs", FULL_SIZE), options.get("max_side"),
+                           threads=args.threads or _cores())
+    print(f"depthfleet: {report.rendered} rendered, {report.skipped} already there, "
+          f"{len(report.failures)} failed in {args.dir}/", file=sys.stderr)
+    _show_failures(report.failures)
+    return _exit_status(len(report.failures))
 
 
 def weights(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:

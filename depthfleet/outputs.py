@@ -1,11 +1,11 @@
 """The output folder of ``predict``, ``run`` and ``fetch``: artifacts per input plus a manifest.
 
-Layout: ``OUT/<relative path minus extension>.depth.png`` (and ``.depth.pfm``,
-``.heatmap.png``) and ``OUT/manifest.jsonl``, one line per input in input order. Inputs whose
-paths differ only by extension (``cat.jpg``, ``cat.heic``) would overwrite each other, so
-those keep their extension (``cat.jpg.depth.png``, ``cat.heic.depth.png``). Lines are
-appended as items finish, so an interrupted run keeps its progress and a rerun skips every
-input whose line says succeeded and whose artifacts are on disk.
+Layout: ``OUT/<relative path minus extension>.<artifact filename>`` (``photo.depth.png``,
+``photo.depth_raw.tiff``, ...) and ``OUT/manifest.jsonl``, one line per input in input
+order. Inputs whose paths differ only by extension (``cat.jpg``, ``cat.heic``) would overwrite
+each other, so those keep their extension (``cat.jpg.depth.png``, ``cat.heic.depth.png``).
+Lines are appended as items finish, so an interrupted run keeps its progress and a rerun
+skips every input whose line says succeeded and whose artifacts are on disk.
 """
 
 from __future__ import annotations
@@ -19,11 +19,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from depthfleet.shared.artifacts import ARTIFACTS
+from depthfleet.shared.artifacts import ARTIFACTS, COMPACT, FULL_SIZE, check_names
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp",
                   ".gif", ".heic", ".heif"}
+
+
+def chosen_outputs(text: str, full_size_only: bool = False) -> tuple[str, ...]:
+    """``--outputs a,b`` -> artifact names in catalog order; ValueError listing the known ones.
+
+    ``depth_raw`` alone means the whole compact set: the previews are what a folder of
+    results is browsed by, and cost little beside it. Names given otherwise are taken exactly.
+    """
+    known = FULL_SIZE if full_size_only else tuple(ARTIFACTS)
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        what = f"unknown {', '.join(unknown)}" if unknown else "no outputs named"
+        raise ValueError(f"{what} (known: {', '.join(known)})")
+    return COMPACT if names == ["depth_raw"] else check_names(names)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,15 @@ def output_stems(names: Iterable[str]) -> dict[str, str]:
     return {n: _strip_extension(n) if counts[_strip_extension(n)] == 1 else n for n in names}
 
 
+def artifact_beside(rel: str, artifact: str) -> str:
+    """The path of ``artifact`` with the stem of the artifact file at ``rel``
+    (``a/b.depth_raw.tiff`` -> ``a/b.depth.png``): where to put what is drawn from it."""
+    for spec in ARTIFACTS.values():
+        if rel.endswith(f".{spec.filename}"):
+            return rel.removesuffix(spec.filename) + ARTIFACTS[artifact].filename
+    raise ValueError(f"{rel} is not named like an artifact")
+
+
 class OutputFolder:
     """Writes artifacts and manifest lines; knows which inputs are already done."""
 
@@ -99,8 +123,11 @@ class OutputFolder:
         return bool(record) and record["status"] == "succeeded" and all(
             (self.root / rel).is_file() for rel in record["artifacts"].values())
 
-    def write_artifact(self, name: str, artifact: str, data: bytes) -> str:
-        rel = self.artifact_path(name, artifact)
+    def write_artifact(self, name: str, artifact: str, data: bytes | bytearray) -> str:
+        return self.write_file(self.artifact_path(name, artifact), data)
+
+    def write_file(self, rel: str, data: bytes | bytearray) -> str:
+        """Write ``data`` at ``rel`` (relative to OUT) atomically; returns ``rel``."""
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:

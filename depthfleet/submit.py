@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from depthfleet.client import Client
+from depthfleet.client import ApiError, Client
 from depthfleet.outputs import Input, OutputFolder, find_inputs
 from depthfleet.results import Collector
+from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.digests import sha256_file
 
@@ -62,31 +64,65 @@ def submit_paths(paths: list[Path], server: str, api_key: str | None, settings: 
     state = SubmitState(state_path(settings, server, inputs))
     digests = [state.digest(inp) for inp in tqdm(inputs, desc="hash", unit="file")]
     state.save()
-    job_id = state.data.get("job_id")
-    if not job_id:
-        _upload_missing(client, inputs, digests)
-        body = {"uploads": [{"name": i.name, "sha256": d} for i, d in zip(inputs, digests)],
-                "options": options}
-        job_id = client.submit_json(body, idempotency_key=state.data["idempotency_key"])["id"]
-        state.data["job_id"] = job_id
-        state.save()
+    job_id = state.data.get("job_id") or _create_job(client, state, inputs, digests, options)
+    if job_id is None:
+        return 1
     print(f"job {job_id}")
+    refused = bool(state.data.get("refused"))  # files left out: never a clean exit
     if not wait:
-        return 0
+        return int(refused)
     if out is None:
         final = client.wait(job_id)
-        return 0 if final["status"] == "succeeded" else 1
-    collector = Collector(client, job_id, OutputFolder(out), lambda item: item["name"])
-    final = collector.run()
-    return 0 if final["status"] == "succeeded" else 1
+    else:  # options.outputs went to the job only if given; OUT gets them, or the full size
+        final = Collector(client, job_id, OutputFolder(out), lambda item: item["name"],
+                          outputs=options.get("outputs", FULL_SIZE)).run()
+    return int(refused or final["status"] != "succeeded")
 
 
-def _upload_missing(client: Client, inputs: list[Input], digests: list[str]) -> None:
+def _create_job(client: Client, state: SubmitState, inputs: list[Input], digests: list[str],
+                options: dict[str, Any]) -> str | None:
+    """Upload, then create the job of what the server accepted (None: it accepted nothing)."""
+    refused = _upload_missing(client, inputs, digests)
+    _report_refused(inputs, digests, refused)
+    kept = [(i, d) for i, d in zip(inputs, digests) if d not in refused]
+    state.data["refused"] = len(inputs) - len(kept)
+    if not kept:
+        return None
+    body = {"uploads": [{"name": i.name, "sha256": d} for i, d in kept], "options": options}
+    job_id = client.submit_json(body, idempotency_key=state.data["idempotency_key"])["id"]
+    state.data["job_id"] = job_id
+    state.save()
+    return job_id
+
+
+def _upload_missing(client: Client, inputs: list[Input], digests: list[str]) -> dict[str, ApiError]:
+    """Upload what the server lacks; returns the files it refused (an empty or oversized file,
+    say), by digest: they stay out of the job instead of stopping the whole submit."""
     missing = client.missing_uploads(sorted(set(digests)))
     todo, seen = [], set()
     for inp, digest in zip(inputs, digests):
         if digest in missing and digest not in seen:
             todo.append((inp.path, digest))
             seen.add(digest)
+    refused: dict[str, ApiError] = {}
+
+    def upload(path: Path, digest: str) -> None:
+        try:
+            client.upload(path, digest)
+        except ApiError as exc:
+            if exc.status >= 500 or exc.status in (401, 403, 429):
+                raise  # the server or the key, not the file: nothing else would get through
+            refused[digest] = exc
+
     with tqdm(total=len(todo), desc="upload", unit="file") as bar:
-        client.upload_many(todo, on_done=lambda _: bar.update(1))
+        client.upload_many(todo, on_done=lambda _: bar.update(1), upload=upload)
+    return refused
+
+
+def _report_refused(inputs: list[Input], digests: list[str], refused: dict[str, ApiError]) -> None:
+    names = [(inp.name, refused[d]) for inp, d in zip(inputs, digests) if d in refused]
+    if names:
+        print(f"depthfleet: {len(names)} files refused by the server, left out of the job:",
+              file=sys.stderr)
+    for name, exc in names[:10]:
+        print(f"  {name}: {exc.message} ({exc.code})", file=sys.stderr)

@@ -51,3 +51,12 @@ def upsample(net_output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     height, width = size
     return cv2.resize(net_output, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def finite_range(depth: np.ndarray) -> tuple[float, float]:
+    """Min and max of the finite values (0, 0 if none), without a 12 MP copy in the usual case."""
+    low, high = float(depth.min()), float(depth.max())
+    if np.isfinite(low) and np.isfinite(high):  # NaN would propagate, an infinity be an end
+        return low, high
+    finite = depth[np.isfinite(depth)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)

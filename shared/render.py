@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 
 from depthfleet.shared.artifacts import make_compact, render_full_size
-from depthfleet.shared.depth import RawDepth
+from depthfleet.shared.depth import RawDepth, finite_range
 from depthfleet.shared.imaging.decode import Draft, decode_draft, decode_image
 from depthfleet.shared.metrics import observe_stage
 from depthfleet.shared.pipeline import NETWORK_SIDE, DepthEstimator
@@ -49,20 +48,11 @@ def render(data: bytes, estimator: DepthEstimator, outputs: Sequence[str],
     raw = RawDepth(net, photo.width, photo.height)
     with observe_stage("encode"):
         depth = raw.at(max_side)  # for the range even when no full-size artifact is stored
-        low, high = _finite_range(depth)
+        low, high = finite_range(depth)
         artifacts = {**render_full_size(raw, outputs, max_side, depth),
                      **make_compact(raw, photo.rgb, outputs)}
     return Rendered(width=photo.width, height=photo.height, depth_min=low, depth_max=high,
                     artifacts=artifacts, raw=raw)
-
-
-def _finite_range(depth: np.ndarray) -> tuple[float, float]:
-    """Min and max of the finite values (0, 0 if none), without a 12 MP copy in the usual case."""
-    low, high = float(depth.min()), float(depth.max())
-    if np.isfinite(low) and np.isfinite(high):  # NaN would propagate, an infinity be an end
-        return low, high
-    finite = depth[np.isfinite(depth)]
-    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
 
 
 def _decode(data: bytes, estimator: DepthEstimator, max_pixels: int) -> Draft:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -161,16 +162,35 @@ def s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def redis_db_url() -> Iterator[str]:
     """A database of the machine's real Redis (127.0.0.1:6379), emptied before and after.
 
-    Each test module takes a random database 1..15, emptied, so that no queued task or counter
-    of an earlier module (or of a session running side by side) leaks into its system.
+    Each test module claims a free database 1..15 (a key in database 0, so that test sessions
+    running side by side never share, and flush, one), so no queued task or counter of an
+    earlier module or of another session leaks into its system.
     """
     import random
 
     import redis
 
-    db = int(os.environ.get("DEPTHFLEET_TEST_REDIS_DB", random.randint(1, 15)))
+    claims = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    owner = f"{os.getpid()}-{random.random()}"
+    forced = os.environ.get("DEPTHFLEET_TEST_REDIS_DB")
+    db = int(forced) if forced else _claim_redis_db(claims, owner)
     url = f"redis://127.0.0.1:6379/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
     client.flushdb()
+    if not forced and claims.get(f"df-test:db:{db}") == owner.encode():
+        claims.delete(f"df-test:db:{db}")
+
+
+def _claim_redis_db(claims: Any, owner: str, hold_seconds: int = 3600) -> int:
+    """A database number no other test module holds (waits for one if all 15 are taken)."""
+    import random
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        for db in random.sample(range(1, 16), 15):
+            if claims.set(f"df-test:db:{db}", owner, nx=True, ex=hold_seconds):
+                return db
+        time.sleep(1)
+    raise RuntimeError("every Redis test database 1..15 stayed claimed for 10 minutes")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -97,6 +98,30 @@ def s3_system(root: Path, redis_url: str, s3_endpoint: str, weights: Path, bucke
                  ).create_bucket(Bucket=bucket)
     env = system_env(redis_url, f"s3://{bucket}/df", s3_endpoint, weights, root / "cache", **extra)
     return System(env, root / "logs")
+
+
+def s3_location(system: System) -> tuple[str, str]:
+    """(bucket, root) of an S3 system's storage: object ``key`` is ``root + key`` there."""
+    url = urlparse(system.env["DEPTHFLEET_STORAGE_URL"])
+    root = url.path.strip("/")
+    return url.netloc, f"{root}/" if root else ""
+
+
+def s3_listing(system: System, prefix: str) -> dict[str, tuple[int, str]]:
+    """Every object under ``prefix`` (a storage key prefix), listed by boto3 from the S3
+    server itself rather than through our storage code: key -> (size, ETag)."""
+    import boto3
+
+    bucket, root = s3_location(system)
+    client = boto3.client("s3", endpoint_url=system.env["DEPTHFLEET_S3_ENDPOINT"],
+                          region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    found: dict[str, tuple[int, str]] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                  Prefix=root + prefix):
+        for obj in page.get("Contents", []):
+            found[obj["Key"].removeprefix(root)] = (obj["Size"], obj["ETag"])
+    return found
 
 
 def poll(fetch: Callable[[], dict[str, Any]], done: Callable[[dict[str, Any]], bool],

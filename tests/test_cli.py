@@ -1,9 +1,15 @@
-"""The ``depthfleet`` command line as users run it: ``predict`` and ``run`` in real processes."""
+"""The ``depthfleet`` command line as users run it, in real processes: ``predict``, ``run``,
+``render``, and ``submit``/``fetch`` against a real deployment.
+
+About a minute on 2 cores (the render and --outputs tests about 25 s of it), plus the first
+ONNX export of a session (up to 40 s).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,10 +21,11 @@ import pytest
 
 from conftest import BAD_DIR, PARITY_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
 from depthfleet.commands import SHOWN_FAILURES
-from depthfleet.outputs import output_stems
+from depthfleet.outputs import chosen_outputs, output_stems
+from depthfleet.shared.artifacts import ARTIFACTS, COMPACT, FULL_SIZE
 from depthfleet.shared.imaging.encode import decode_pfm
 from depthfleet.shared.reasons import describe
-from support import system_env
+from support import running, s3_system, system_env
 
 
 def depthfleet(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -145,3 +152,194 @@ def test_run_embeds_its_own_redis_server(tmp_path):
         assert redis.Redis.from_url(url).ping()
     finally:
         _stop(proc)
+
+
+# -- --outputs and render ---------------------------------------------------------------------
+# Rotated, 100:1, 1x1, 16-bit, colliding stems (chelsea.jpg/.bmp), in a subfolder, a bad file.
+RENDER_PHOTOS = ("coffee.jpg", "exif_orientation6.jpg", "wide_4000x40.jpg", "tiny_1x1.png",
+                 "png16_rgb.png", "chelsea.jpg", "chelsea.bmp")
+RUNTIME_IMPORT = re.compile(r"^import time:.*\|\s*(onnxruntime|torch|openvino)(\.|$)", re.M)
+
+
+@pytest.fixture(scope="module")
+def render_inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("render-inputs")
+    (folder / "sub").mkdir()
+    for name in RENDER_PHOTOS:
+        shutil.copy(PHOTOS_DIR / name, folder / ("sub" if name == "coffee.jpg" else "") / name)
+    shutil.copy(BAD_DIR / "empty.jpg", folder / "empty.jpg")
+    return folder
+
+
+def predicted(inputs: Path, out: Path, env: dict[str, str], *options: str) -> Path:
+    result = depthfleet("predict", str(inputs), "--out", str(out), *options, env=env)
+    assert result.returncode == 1, result.stderr  # empty.jpg
+    return out
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, render_inputs, cli_env) -> Path:
+    return predicted(render_inputs, tmp_path_factory.mktemp("full"), cli_env)
+
+
+@pytest.fixture(scope="module")
+def compact(tmp_path_factory, render_inputs, cli_env) -> Path:
+    return predicted(render_inputs, tmp_path_factory.mktemp("compact"), cli_env,
+                     "--outputs", "depth_raw")
+
+
+def copied(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def render(folder: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    return depthfleet("render", str(folder), *options, env=env)
+
+
+def assert_holds_exactly(folder: Path, names) -> None:
+    """Each succeeded record lists ``names``, failed ones nothing, and no other file is there."""
+    listed = set()
+    for record in read_manifest(folder).values():
+        expected = set(names) if record["status"] == "succeeded" else set()
+        assert set(record["artifacts"]) == expected, record
+        listed |= set(record["artifacts"].values())
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+               if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")}
+    assert on_disk == listed | {"manifest.jsonl"}
+
+
+def full_size_files(folder: Path) -> list[Path]:
+    return sorted(p for name in FULL_SIZE for p in folder.rglob(f"*.{ARTIFACTS[name].filename}"))
+
+
+def assert_same_files(ours: Path, reference: Path, names=FULL_SIZE) -> None:
+    """Every ``names`` file of every succeeded record of ``reference`` has its bytes in ``ours``."""
+    mine = read_manifest(ours)
+    for name, record in read_manifest(reference).items():
+        for artifact in names if record["status"] == "succeeded" else ():
+            rel = record["artifacts"][artifact]
+            assert mine[name]["artifacts"][artifact] == rel
+            assert (ours / rel).read_bytes() == (reference / rel).read_bytes(), rel
+
+
+def test_outputs_depth_raw_is_the_compact_set_and_names_are_taken_exactly():
+    assert chosen_outputs("depth_raw") == COMPACT
+    assert chosen_outputs(" thumbnail,depth_png ,depth_png") == ("depth_png", "thumbnail")
+    assert chosen_outputs("depth_raw,depth_pfm") == ("depth_pfm", "depth_raw")
+
+
+def test_predict_compact_then_render_gives_predicts_files(tmp_path, compact, full, cli_env):
+    assert_holds_exactly(compact, COMPACT)
+    manifest = read_manifest(compact)
+    assert manifest["sub/coffee.jpg"]["artifacts"]["thumbnail"] == "sub/coffee.thumbnail.jpg"
+
+    out = copied(compact, tmp_path / "out")
+    result = depthfleet("render", str(out), env={**cli_env, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "import time:" in result.stderr and not RUNTIME_IMPORT.search(result.stderr)
+    assert_same_files(out, full)
+    rendered, reference = read_manifest(out), read_manifest(full)
+    assert rendered["empty.jpg"] == manifest["empty.jpg"]  # failed records are left alone
+    for name, record in rendered.items():  # the same facts predict records, plus the files
+        assert {**record, "artifacts": None} == {**reference[name], "artifacts": None}
+        assert record["artifacts"] == {**manifest[name]["artifacts"],
+                                       **reference[name]["artifacts"]}
+
+
+def test_render_max_side_equals_predict_max_side(tmp_path, compact, render_inputs, cli_env):
+    small = predicted(render_inputs, tmp_path / "small", cli_env, "--max-side", "100")
+    out = copied(compact, tmp_path / "out")
+    result = render(out, cli_env, "--max-side", "100", "--outputs", "heatmap_png,depth_png")
+    assert result.returncode == 0, result.stderr
+    assert_same_files(out, small, ("depth_png", "heatmap_png"))
+    assert not list(out.rglob("*.depth.pfm"))  # exactly the names asked for
+    reference = read_manifest(small)
+    for name, record in read_manifest(out).items():  # depth_min/max of the maps drawn
+        assert (record["depth_min"], record["depth_max"]) == \
+            (reference[name]["depth_min"], reference[name]["depth_max"])
+
+
+def test_render_reports_broken_depth_raw_and_resumes(tmp_path, compact, full, cli_env):
+    out = copied(compact, tmp_path / "out")
+    (out / "chelsea.jpg.depth_raw.tiff").write_bytes(b"II*\0 not a tiff")
+    (out / "sub/coffee.depth_raw.tiff").unlink()
+    before = read_manifest(out)
+
+    first = render(out, cli_env)
+    assert first.returncode == 1
+    assert "5 rendered, 0 already there, 2 failed" in first.stderr
+    assert "chelsea.jpg: chelsea.jpg.depth_raw.tiff cannot be read as depth_raw" in first.stderr
+    assert "sub/coffee.jpg: sub/coffee.depth_raw.tiff is missing" in first.stderr
+    after = read_manifest(out)
+    assert after["chelsea.jpg"] == before["chelsea.jpg"]
+    assert after["sub/coffee.jpg"] == before["sub/coffee.jpg"]
+    stamps = {p: p.stat().st_mtime_ns for p in full_size_files(out)}
+    assert len(stamps) == 5 * len(FULL_SIZE)
+
+    for rel in ("chelsea.jpg.depth_raw.tiff", "sub/coffee.depth_raw.tiff"):
+        shutil.copy(compact / rel, out / rel)
+    second = render(out, cli_env)
+    assert second.returncode == 0, second.stderr
+    assert "2 rendered, 5 already there, 0 failed" in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # done ones were not redrawn
+    assert_same_files(out, full)
+
+
+@pytest.mark.parametrize("command", [
+    ("predict", "x.jpg", "--out", "o"), ("run", "d", "--out", "o"),
+    ("submit", "x.jpg", "--server", "http://127.0.0.1:9"),
+    ("fetch", "job", "--server", "http://127.0.0.1:9", "--out", "o"), ("render", "o")])
+def test_unknown_outputs_are_a_usage_error_naming_the_known_ones(command, cli_env, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "depthfleet.cli", *command, "--outputs",
+                             "depth_png,depth_jpg"], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    known = FULL_SIZE if command[0] == "render" else tuple(ARTIFACTS)
+    assert f"unknown depth_jpg (known: {', '.join(known)})" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_submit_and_fetch_write_the_outputs_asked_for(tmp_path, render_inputs, cli_env,
+                                                      redis_db_url, s3_server, checkpoint_path):
+    """Through a real API, worker and S3: the API's renders on read equal ``render``'s."""
+    photos = copied(render_inputs, tmp_path / "photos")
+    system = s3_system(tmp_path / "system", redis_db_url, s3_server, checkpoint_path,
+                       "depthfleet-cli-outputs",  # the model exported once, for CLI and worker
+                       DEPTHFLEET_CACHE_DIR=cli_env["DEPTHFLEET_CACHE_DIR"])
+    with running(system, workers=(1,)):
+        server = ("--server", system.api_url)
+        submitted = depthfleet("submit", str(photos), *server, "--wait",
+                               "--out", str(tmp_path / "submitted"), env=cli_env)
+        assert submitted.returncode == 1, submitted.stderr  # the server refuses empty.jpg:
+        assert "1 files refused" in submitted.stderr and "empty.jpg" in submitted.stderr
+        assert "Traceback" not in submitted.stderr  # ...the rest goes on
+        job = re.search(r"^job (\S+)$", submitted.stdout, re.M).group(1)
+        status = json.loads(depthfleet("status", job, *server, env=cli_env).stdout)
+        assert status["options"]["outputs"] == list(COMPACT)  # none named: nothing full size stored
+        fetched = {}
+        for folder, options in (("compact", ("--outputs", "depth_raw")),
+                                ("small", ("--outputs", "depth_png", "--max-side", "100"))):
+            fetched[folder] = tmp_path / folder
+            result = depthfleet("fetch", job, *server, "--out", str(fetched[folder]), *options,
+                                env=cli_env)
+            assert result.returncode == 0, result.stderr
+    for folder, names in ((fetched["compact"], COMPACT), (fetched["small"], ("depth_png",))):
+        assert_holds_exactly(folder, names)
+    local = copied(fetched["compact"], tmp_path / "local")
+    assert render(local, cli_env).returncode == 0
+    assert_same_files(local, tmp_path / "submitted")
+    local_small = copied(fetched["compact"], tmp_path / "local-small")
+    assert render(local_small, cli_env, "--max-side", "100").returncode == 0
+    assert_same_files(local_small, fetched["small"], ("depth_png",))
+
+
+def test_run_outputs_depth_raw_links_the_compact_set(tmp_path, render_inputs, cli_env):
+    out = tmp_path / "out"
+    result = depthfleet("run", str(render_inputs), "--out", str(out), "--outputs", "depth_raw",
+                        env=cli_env)
+    assert result.returncode == 1, result.stderr
+    assert_holds_exactly(out, COMPACT)
+    for record in read_manifest(out).values():  # linked out of the workers' storage
+        assert all((out / rel).stat().st_nlink >= 2 for rel in record["artifacts"].values())
+    assert full_size_files(out / ".depthfleet") == []  # and only the compact set stored
