@@ -2,11 +2,13 @@
 
 This module knows the job store's Redis key names (``shared.fairshare`` owns the few keys of
 the fair share, and reads the job hash's ``stored``/``released`` fields). Every item state
-change goes through ``_transition`` (one Lua script), which moves an item between states and
+change is one Lua script built on ``_MOVE_LUA``, which moves an item between states and
 adjusts the job's, the tenant's and the fleet's counters in the same atomic step; a terminal
 item is never moved again except by an explicit retry, so a task that runs twice counts its
-items once. Every string of a record is valid Unicode (``_dumps``), so the scripts' cjson
-always decodes it.
+items once. A worker spends one round trip at an item's start (``begin_item``: cancel check,
+start, lease, record) and one at its end (``succeed_item``/``fail_item``); a task one at
+its start (``open_task``: its items leased, its job read). Every string of a record is valid
+Unicode (``_dumps``), so the scripts' cjson always decodes it.
 
 Keys (all expire ``job_ttl_days`` after the job's last change):
   df:job:{id}          hash   tenant, created_at, updated_at, options, total, stored (end of
@@ -44,43 +46,75 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 STATES = ("queued", "running", *TERMINAL)
 WRITE_CHUNK = 1000
 
-# KEYS: job hash, items hash, leases zset, stats hash
-# ARGV: index, allowed-from states (comma list), new state, patch JSON, now, lease expiry,
-#       lease member, ttl seconds, tenant stats key prefix
-_TRANSITION_LUA = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return -1 end
-local item = cjson.decode(raw)
+# The one item move, shared by every script that changes an item (Lua text prepended to
+# each). KEYS: job hash, items hash, leases zset, stats hash. ARGV[1..6]: index, now, lease
+# expiry, lease member, ttl seconds, tenant stats key prefix. ``move`` stores the item in its
+# new state and moves the job's, the tenant's and the fleet's counters and the item's lease
+# with it; it returns the stored record.
+_MOVE_LUA = """
+local function load_item()
+  local raw = redis.call('HGET', KEYS[2], ARGV[1])
+  if raw then return cjson.decode(raw) end
+  return nil
+end
+local function is_pending(status) return status == 'queued' or status == 'running' end
+local function move(item, new)
+  local old = item.status
+  item.status = new
+  local record = cjson.encode(item)
+  redis.call('HSET', KEYS[2], ARGV[1], record)
+  redis.call('HINCRBY', KEYS[1], old, -1)
+  redis.call('HINCRBY', KEYS[1], new, 1)
+  if item.reused and new == 'succeeded' then redis.call('HINCRBY', KEYS[1], 'reused', 1) end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  local delta = 0
+  if is_pending(old) and not is_pending(new) then delta = -1 end
+  if is_pending(new) and not is_pending(old) then delta = 1 end
+  if delta ~= 0 then
+    redis.call('HINCRBY', KEYS[4], 'pending_items', delta)
+    local tenant = redis.call('HGET', KEYS[1], 'tenant')
+    if tenant then redis.call('HINCRBY', ARGV[6] .. tenant, 'pending_items', delta) end
+  end
+  if new == 'running' then
+    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  else
+    redis.call('ZREM', KEYS[3], ARGV[4])
+  end
+  return record
+end
+"""
+
+# Move an item from one of the allowed states to a new one, with a patch of its record.
+# ARGV[7..9]: allowed-from states (comma list), new state, patch JSON.
+# Returns 1 (moved), 0 (not in an allowed state) or -1 (no such item).
+_TRANSITION_LUA = _MOVE_LUA + """
+local item = load_item()
+if not item then return -1 end
 local allowed = false
-for s in string.gmatch(ARGV[2], '[^,]+') do if s == item.status then allowed = true end end
+for s in string.gmatch(ARGV[7], '[^,]+') do if s == item.status then allowed = true end end
 if not allowed then return 0 end
-local old = item.status
-local patch = cjson.decode(ARGV[4])
-for k, v in pairs(patch) do item[k] = v end
-item.status = ARGV[3]
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(item))
-redis.call('HINCRBY', KEYS[1], old, -1)
-redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
-if item.reused and ARGV[3] == 'succeeded' then redis.call('HINCRBY', KEYS[1], 'reused', 1) end
-redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[8])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
-local was_pending = (old == 'queued' or old == 'running')
-local is_pending = (ARGV[3] == 'queued' or ARGV[3] == 'running')
-local delta = 0
-if was_pending and not is_pending then delta = -1 end
-if is_pending and not was_pending then delta = 1 end
-if delta ~= 0 then
-  redis.call('HINCRBY', KEYS[4], 'pending_items', delta)
-  local tenant = redis.call('HGET', KEYS[1], 'tenant')
-  if tenant then redis.call('HINCRBY', ARGV[9] .. tenant, 'pending_items', delta) end
-end
-if ARGV[3] == 'running' then
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[7])
-else
-  redis.call('ZREM', KEYS[3], ARGV[7])
-end
+for k, v in pairs(cjson.decode(ARGV[9])) do item[k] = v end
+move(item, ARGV[8])
 return 1
+"""
+
+# An item's start, in one round trip: the job's cancel flag, the move to running (queued, or
+# running with a lapsed lease: a redelivered task) with its lease, and the record the worker
+# needs. A cancelled job's queued item is cancelled instead; a finished one is left alone.
+# Returns {'started', record}, {'cancelled'} (this call cancelled it) or {'skipped'}.
+_START_LUA = _MOVE_LUA + """
+local item = load_item()
+if not item then return {'skipped'} end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  if item.status ~= 'queued' then return {'skipped'} end
+  move(item, 'cancelled')
+  return {'cancelled'}
+end
+if not is_pending(item.status) then return {'skipped'} end
+item.started_at = tonumber(ARGV[2])
+return {'started', move(item, 'running')}
 """
 
 # Cancel every listed item that is still queued. KEYS: job hash, items hash, stats hash,
@@ -109,10 +143,12 @@ return n
 
 
 # Lease the listed items that are still pending; GT: a lease is extended, never shortened.
-# KEYS: items hash, leases zset. ARGV: job id, lease expiry, item indexes...
+# KEYS: items hash, leases zset, job hash. ARGV: job id, lease expiry, read the job (1/0),
+# item indexes... Returns how many were leased, or with "read the job" the job hash's fields
+# (a task's first step: its items leased and its job read in one round trip).
 _HOLD_LUA = """
 local n = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
   if raw then
     local status = cjson.decode(raw).status
@@ -122,6 +158,7 @@ for i = 3, #ARGV do
     end
   end
 end
+if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[3]) end
 return n
 """
 
@@ -165,6 +202,15 @@ class NewItem:
 
 
 @dataclass(frozen=True)
+class ItemStart:
+    """What ``begin_item`` did: started the item (its record, to process), cancelled it (its
+    job is cancelled), or neither (finished by an earlier delivery, or gone)."""
+
+    item: dict[str, Any] | None = None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
 class Created:
     """What ``create_job`` did: the job, the items to send, whether it existed already."""
 
@@ -198,6 +244,26 @@ class JobStatus:
         return self.pending == 0 and not self.ingesting
 
 
+def _job_status(job_id: str, raw: dict[bytes, bytes], tenant: str | None) -> JobStatus | None:
+    """A job hash's fields as a ``JobStatus`` (None: no such job, or another tenant's)."""
+    if not raw:
+        return None
+    data = {k.decode(): v.decode() for k, v in raw.items()}
+    if tenant is not None and data["tenant"] != tenant:
+        return None
+    counts = {k: int(data.get(k, 0)) for k in ("total", *STATES, "reused")}
+    return JobStatus(
+        id=job_id, tenant=data["tenant"],
+        status=_derive_status(counts, data.get("cancel_requested") == "1",
+                              data.get("ingesting") == "1"),
+        ingesting=data.get("ingesting") == "1",
+        total=counts["total"], succeeded=counts["succeeded"], failed=counts["failed"],
+        cancelled=counts["cancelled"], pending=counts["queued"] + counts["running"],
+        reused=counts["reused"], created_at=float(data["created_at"]),
+        updated_at=float(data["updated_at"]), options=json.loads(data.get("options", "{}")),
+    )
+
+
 def _derive_status(counts: dict[str, int], cancel_requested: bool, ingesting: bool) -> str:
     pending = counts["queued"] + counts["running"]
     if cancel_requested:
@@ -217,6 +283,7 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._transition_script = client.register_script(_TRANSITION_LUA)
+        self._start_script = client.register_script(_START_LUA)
         self._cancel_script = client.register_script(_CANCEL_QUEUED_LUA)
         self._hold_script = client.register_script(_HOLD_LUA)
         self._lock_renew_script = client.register_script(_LOCK_RENEW_LUA)
@@ -346,23 +413,7 @@ class JobStore:
     # -- reading ------------------------------------------------------------------------
     def status(self, job_id: str, tenant: str | None = None) -> JobStatus | None:
         """The job's status, or None if it does not exist or belongs to another tenant."""
-        raw = self.redis.hgetall(self.job_key(job_id))
-        if not raw:
-            return None
-        data = {k.decode(): v.decode() for k, v in raw.items()}
-        if tenant is not None and data["tenant"] != tenant:
-            return None
-        counts = {k: int(data.get(k, 0)) for k in ("total", *STATES, "reused")}
-        return JobStatus(
-            id=job_id, tenant=data["tenant"],
-            status=_derive_status(counts, data.get("cancel_requested") == "1",
-                                  data.get("ingesting") == "1"),
-            ingesting=data.get("ingesting") == "1",
-            total=counts["total"], succeeded=counts["succeeded"], failed=counts["failed"],
-            cancelled=counts["cancelled"], pending=counts["queued"] + counts["running"],
-            reused=counts["reused"], created_at=float(data["created_at"]),
-            updated_at=float(data["updated_at"]), options=json.loads(data.get("options", "{}")),
-        )
+        return _job_status(job_id, self.redis.hgetall(self.job_key(job_id)), tenant)
 
     def items(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
         """Item records ``offset .. offset+limit-1`` (fewer at the end)."""
@@ -419,20 +470,29 @@ class JobStore:
         return int(self.redis.hget(key, "pending_items") or 0)
 
     # -- transitions --------------------------------------------------------------------
-    def _transition(self, job_id: str, index: int, allowed: tuple[str, ...], new: str,
-                    patch: dict[str, Any] | None = None, lease_seconds: float = 0) -> bool:
+    def _item_script(self, script: Any, job_id: str, index: int, lease_seconds: float,
+                     *args: Any) -> Any:
+        """Run one of the item scripts (``_MOVE_LUA``'s keys and first arguments, then ``args``)."""
         now = time.time()
-        result = self._transition_script(
+        return script(
             keys=[self.job_key(job_id), self.items_key(job_id), self._LEASES, self._STATS],
-            args=[str(index), ",".join(allowed), new, _dumps(patch or {}), now,
-                  now + lease_seconds, f"{job_id}:{index}", self.ttl, self._TENANT_STATS_PREFIX],
-        )
-        return result == 1
+            args=[str(index), now, now + lease_seconds, f"{job_id}:{index}", self.ttl,
+                  self._TENANT_STATS_PREFIX, *args])
 
-    def start_item(self, job_id: str, index: int, lease_seconds: float) -> bool:
-        """queued (or running with a lapsed lease: a redelivered task) -> running."""
-        return self._transition(job_id, index, ("queued", "running"), "running",
-                                {"started_at": time.time()}, lease_seconds)
+    def _transition(self, job_id: str, index: int, allowed: tuple[str, ...], new: str,
+                    patch: dict[str, Any] | None = None) -> bool:
+        return self._item_script(self._transition_script, job_id, index, 0,
+                                 ",".join(allowed), new, _dumps(patch or {})) == 1
+
+    def begin_item(self, job_id: str, index: int, lease_seconds: float) -> ItemStart:
+        """An item's start in one round trip: queued (or running with a lapsed lease: a
+        redelivered task) -> running, leased, its record returned; if the job is cancelled,
+        a queued item is cancelled instead. A finished item is left alone."""
+        reply = self._item_script(self._start_script, job_id, index, lease_seconds)
+        outcome = reply[0].decode()
+        if outcome == "started":
+            return ItemStart(item=json.loads(reply[1]))
+        return ItemStart(cancelled=outcome == "cancelled")
 
     def succeed_item(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         return self._transition(job_id, index, ("queued", "running"), "succeeded",
@@ -443,9 +503,6 @@ class JobStore:
         error = {"code": code, "message": message}
         return self._transition(job_id, index, ("queued", "running"), "failed",
                                 {"error": error, "retryable": not final, "finished_at": time.time()})
-
-    def cancel_item(self, job_id: str, index: int) -> bool:
-        return self._transition(job_id, index, ("queued",), "cancelled")
 
     def requeue_item(self, job_id: str, index: int) -> bool:
         """failed (retryable) -> queued, for ``POST /v1/jobs/{id}/retry``."""
@@ -492,8 +549,18 @@ class JobStore:
         them through a retry's countdown, so the reaper leaves them alone; if the process
         dies, the leases lapse and the reaper sends the items again. Returns how many.
         """
-        return int(self._hold_script(keys=[self.items_key(job_id), self._LEASES],
-                                     args=[job_id, time.time() + seconds, *indexes]))
+        return int(self._hold(job_id, indexes, seconds, read_job=False))
+
+    def open_task(self, job_id: str, indexes: list[int], seconds: float) -> JobStatus | None:
+        """A task's first step in one round trip: ``hold_items``, then the job's status
+        (None: the job is gone)."""
+        flat = self._hold(job_id, indexes, seconds, read_job=True)
+        return _job_status(job_id, dict(zip(flat[::2], flat[1::2])), None)
+
+    def _hold(self, job_id: str, indexes: list[int], seconds: float, read_job: bool) -> Any:
+        return self._hold_script(
+            keys=[self.items_key(job_id), self._LEASES, self.job_key(job_id)],
+            args=[job_id, time.time() + seconds, "1" if read_job else "0", *indexes])
 
     def release_item(self, job_id: str, index: int) -> bool:
         """running -> queued: a worker gives the item back (a transient fault; a retry follows)."""

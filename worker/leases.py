@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import redis
 
-from depthfleet.shared.jobs import JobStore, Lock
+from depthfleet.shared.jobs import JobStatus, JobStore, Lock
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,18 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def holding_items(self, job_id: str, indexes: list[int]) -> Iterator[None]:
-        """Lease the task's pending items now and keep them leased while the block runs."""
-        self.store.hold_items(job_id, indexes, self.lease_seconds)
+    def holding_items(self, job_id: str, indexes: list[int]) -> Iterator[JobStatus | None]:
+        """Lease the task's pending items now and keep them leased while the block runs.
+
+        Yields the job's status, read in the same round trip as the lease (None: it is gone).
+        """
+        status = self.store.open_task(job_id, indexes, self.lease_seconds)
         self._ensure_thread()
         key = object()
         with self._guard:
             self._tasks[key] = (job_id, indexes)
         try:
-            yield
+            yield status
         finally:
             with self._guard:
                 self._tasks.pop(key, None)

@@ -26,6 +26,7 @@ from celery import Task
 from depthfleet.shared import layout
 from depthfleet.shared.artifacts import ARTIFACTS, FULL_SIZE, result_meta, stored_outputs
 from depthfleet.shared.errors import InputError
+from depthfleet.shared.jobs import JobStatus
 from depthfleet.shared.metrics import count_item, observe_stage
 from depthfleet.shared.queue import dispatch
 from depthfleet.shared.render import render
@@ -51,16 +52,16 @@ def process_items(task: Task, job_id: str, indexes: list[int],
     """
     rt = runtime()
     try:
-        with _keeper(rt).holding_items(job_id, indexes):
-            processed, tenant = _process_all(rt, job_id, indexes)
+        with _keeper(rt).holding_items(job_id, indexes) as status:
+            processed, tenant = _process_all(rt, job_id, indexes, status)
     except TRANSIENT as exc:
         return _retry_later(task, rt, job_id, indexes, exc, token)
     _release_next(rt, task, tenant, token)
     return {"processed": processed}
 
 
-def _process_all(rt: Runtime, job_id: str, indexes: list[int]) -> tuple[int, str | None]:
-    status = rt.store.status(job_id)
+def _process_all(rt: Runtime, job_id: str, indexes: list[int],
+                 status: JobStatus | None) -> tuple[int, str | None]:
     if status is None:
         log.warning("job %s no longer exists; dropping %d items", job_id, len(indexes))
         return 0, None
@@ -113,15 +114,13 @@ def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
 
 def _process_item(rt: Runtime, job_id: str, index: int, tenant: str,
                   options: dict[str, Any]) -> int:
-    if rt.store.cancel_requested(job_id):
-        count_item("cancelled", rt.store.cancel_item(job_id, index))
-        return 0
-    if not rt.store.start_item(job_id, index, rt.settings.lease_seconds):
-        return 0  # already finished by an earlier delivery of this task
+    start = rt.store.begin_item(job_id, index, rt.settings.lease_seconds)
+    count_item("cancelled", start.cancelled)
+    if start.item is None:
+        return 0  # cancelled, or finished by an earlier delivery of this task
     observability.item_started()
-    item = rt.store.item(job_id, index) or {}
     try:
-        result = _produce(rt, tenant, item["source"], options)
+        result = _produce(rt, tenant, start.item["source"], options)
     except InputError as exc:
         return int(count_item("failed", rt.store.fail_item(job_id, index, exc.code, exc.message,
                                                           final=True)))

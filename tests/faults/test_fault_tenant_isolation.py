@@ -125,15 +125,18 @@ def _presign_is_own_and_short(api: str, deployment, digest: str) -> None:
 
 
 def test_artifacts_are_short_lived_tenant_scoped_links(tenants):
+    """Stored artifacts and renders on read alike: presigned, short-lived, under alice's keys."""
     deployment, job_id, _ = tenants
     alice = deployment.client(KEYS["alice"])
-    url = alice.items(job_id)["items"][0]["artifacts"]["depth_png"]
-    redirect = requests.get(url, headers=ALICE, timeout=10, allow_redirects=False)
-    assert redirect.status_code == 302
-    location = urlparse(redirect.headers["Location"])
-    assert location.path.startswith(f"/{deployment.bucket}/df/t/alice/results/"), location
-    assert int(parse_qs(location.query)["X-Amz-Expires"][0]) <= PRESIGN_SECONDS
-    assert requests.get(redirect.headers["Location"], timeout=10).content.startswith(b"\x89PNG")
+    artifacts = alice.items(job_id)["items"][0]["artifacts"]
+    for name, folder, magic in (("thumbnail", "t/alice/results/", b"\xff\xd8"),
+                                ("depth_png", "cache/t/alice/results/", b"\x89PNG")):
+        redirect = requests.get(artifacts[name], headers=ALICE, timeout=60, allow_redirects=False)
+        assert redirect.status_code == 302
+        location = urlparse(redirect.headers["Location"])
+        assert location.path.startswith(f"/{deployment.bucket}/df/{folder}"), location
+        assert int(parse_qs(location.query)["X-Amz-Expires"][0]) <= PRESIGN_SECONDS
+        assert requests.get(redirect.headers["Location"], timeout=10).content.startswith(magic)
 
 
 def test_limits_apply_before_any_work_and_keys_never_reach_logs(tenants):
