@@ -16,7 +16,9 @@ import cv2
 import numpy as np
 
 from depthfleet.shared.depth import output_size, upsample
-from depthfleet.shared.model.backends import OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+from depthfleet.shared.model.backends import (NcnnBackend, OnnxRuntimeBackend, OpenVinoBackend,
+                                              TorchBackend)
+from depthfleet.shared.model.ncnn_export import NcnnModel, ncnn_model
 from depthfleet.shared.model.onnx_export import exported_onnx, ort_optimized
 from depthfleet.shared.model.weights import ResolvedWeights, resolve_weights
 from depthfleet.shared.settings import Settings
@@ -27,7 +29,7 @@ MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 SCALE, OFFSET = 1 / (255 * STD), MEAN / STD  # (x / 255 - mean) / std == x * SCALE - OFFSET
 CUBIC_A = np.float32(-0.75)  # OpenCV's INTER_CUBIC kernel (torch's bicubic uses the same)
-EXACT_BACKENDS = ("onnxruntime", "torch")  # fp32, within 2e-6 of the official outputs
+EXACT_BACKENDS = ("onnxruntime", "ncnn", "torch")  # fp32, within 2e-6 of the official outputs
 
 
 class Backend(Protocol):
@@ -87,22 +89,25 @@ class ModelFiles:
 
     weights: ResolvedWeights
     onnx: Path | None  # the exported model, portable (OpenVINO reads it)
-    ort_model: Path | None  # the same, as ONNX Runtime optimized it for this CPU
+    ort_model: Path | None = None  # the same, as ONNX Runtime optimized it for this CPU
+    ncnn: NcnnModel | None = None  # the same, converted for ncnn
 
 
 def prepare_model_files(settings: Settings) -> ModelFiles:
-    """Fetch and verify the weights and export the ONNX model if needed, without importing torch.
+    """Fetch and verify the weights, export (and convert) the model if needed, without torch.
 
     The slow, once-per-machine part of ``load_backend``: a parent process runs it before
     forking workers, whose ``load_backend`` then only finds the files in the cache.
     """
     weights = resolve_weights(settings)
+    if settings.backend == "torch" and settings.precision == "fp32":
+        return ModelFiles(weights, None)
+    onnx = exported_onnx(weights, settings.cache_dir)
     if settings.precision == "bf16":
-        return ModelFiles(weights, exported_onnx(weights, settings.cache_dir), None)
-    if settings.backend == "onnxruntime":
-        onnx = exported_onnx(weights, settings.cache_dir)
-        return ModelFiles(weights, onnx, ort_optimized(onnx))
-    return ModelFiles(weights, None, None)
+        return ModelFiles(weights, onnx)
+    if settings.backend == "ncnn":
+        return ModelFiles(weights, onnx, ncnn=ncnn_model(onnx))
+    return ModelFiles(weights, onnx, ort_model=ort_optimized(onnx))
 
 
 def load_backend(settings: Settings, threads: int, callers: int = 1) -> Backend:
@@ -115,6 +120,8 @@ def load_backend(settings: Settings, threads: int, callers: int = 1) -> Backend:
     sha256 = files.weights.sha256
     if settings.precision == "bf16" and files.onnx:
         return OpenVinoBackend(files.onnx, threads, sha256, callers)
+    if files.ncnn:
+        return NcnnBackend(files.ncnn.param, files.ncnn.weights, threads, sha256)
     if files.ort_model:
         return OnnxRuntimeBackend(files.ort_model, threads, sha256)
     return TorchBackend(files.weights.path, threads, sha256)

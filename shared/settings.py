@@ -16,6 +16,7 @@ OFFICIAL_WEIGHTS_URL = (
 )
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_UPLOAD_MB = 1024
+BACKENDS = ("onnxruntime", "ncnn", "torch")  # all fp32 and exact; see shared.model.backends
 
 
 class SettingsError(ValueError):
@@ -135,8 +136,8 @@ class Settings:
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise SettingsError("DEPTHFLEET_WEIGHTS_SHA256 must be 64 hex digits")
         backend = env.get("DEPTHFLEET_BACKEND", base.backend).strip().lower()
-        if backend not in ("onnxruntime", "torch"):
-            raise SettingsError("DEPTHFLEET_BACKEND must be 'onnxruntime' or 'torch'")
+        if backend not in BACKENDS:
+            raise SettingsError("DEPTHFLEET_BACKEND must be 'onnxruntime', 'ncnn' or 'torch'")
         precision = env.get("DEPTHFLEET_PRECISION", base.precision).strip().lower()
         if precision not in ("fp32", "bf16"):
             raise SettingsError("DEPTHFLEET_PRECISION must be 'fp32' or 'bf16'")

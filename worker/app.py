@@ -30,6 +30,7 @@ app = make_celery(settings)
 app.conf.worker_proc_alive_timeout = 60.0
 reaper = Reaper(app, settings)
 INGEST_STORAGE_RETRIES = 20
+EXIT_NO_MODEL = 3  # the worker's exit status when its model cannot be prepared
 
 
 @app.task(name=PROCESS_ITEMS, bind=True)
@@ -59,9 +60,19 @@ def ingest_sources(self: Task, job_id: str, deferred: list[dict[str, str]]) -> d
 
 @worker_init.connect
 def _prepare(sender: object = None, **_: object) -> None:
-    """Parent process, before the fork: fetch and verify weights, export the fast model once."""
-    with observability.model_phase("prepare"):
-        prepare_model_files(settings)
+    """Parent process, before the fork: fetch and verify weights, export the fast model once.
+
+    A worker that cannot prepare its configured backend refuses to start (Celery would log
+    the error and consume anyway, every task then failing): nothing falls back to another.
+    """
+    try:
+        with observability.model_phase("prepare"):
+            prepare_model_files(settings)
+    except Exception as exc:
+        log.critical("worker refuses to start: the model for DEPTHFLEET_BACKEND=%s "
+                     "(DEPTHFLEET_PRECISION=%s) cannot be prepared: %s",
+                     settings.backend, settings.precision, exc)
+        raise SystemExit(EXIT_NO_MODEL) from exc  # Celery's signals swallow only Exceptions
 
 
 @worker_process_init.connect
