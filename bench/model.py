@@ -30,7 +30,9 @@ VARIANTS = {
     "torch": {"backend": "torch"},
     "onnxruntime": {"backend": "onnxruntime"},
     "openvino-bf16": {"backend": "onnxruntime", "precision": "bf16"},
+    "ncnn": {"backend": "ncnn"},  # exact fp32, Winograd 3x3 convolutions
 }
+WINOGRAD = ("ncnn",)  # fewer multiplications: not bound by the direct-convolution ceiling
 
 
 def forward_ms(backend: object, threads: int) -> dict[str, float]:
@@ -93,7 +95,15 @@ def measure(variant: str, settings: Settings, threads: list[int]) -> dict[str, o
         result[f"{count}_threads"] = forward_ms(backend, count)
         if "parity" not in result:
             result["parity"] = parity_error(backend)
+            result["rss_mb"] = rss_mb()  # the backend built and run: what a pool process holds
     return result
+
+
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS), in MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmRSS:"))) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ KEY_MANIFEST = workloads.REFERENCE / "midas" / "midas_v21_small_256.keys.json"
 PARITY_SEED = 1234
 CORES = len(os.sched_getaffinity(0))
 PRIMING_IMAGES = 2  # the first images of a workload, timed apart as start-up
-MODEL_VARIANTS = ("torch", "onnxruntime", "openvino-bf16")
+MODEL_VARIANTS = ("torch", "onnxruntime", "openvino-bf16", "ncnn")
 WORKLOADS = ("small", "12mp")
 COMPACT_RUN = ("--outputs", "depth_raw")  # workers store the compact set only, as the API does
 
