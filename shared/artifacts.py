@@ -110,19 +110,19 @@ def thumbnail_pixels(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     """The photo shrunk by a whole factor to a longer side of at most ``side``.
 
     A whole factor keeps OpenCV's area averaging on its fast path (9 ms instead of 26 ms
-    from 12 MP); the few edge pixels that do not fill a block are left out.
+    from 12 MP) when the sides divide by it, as phone photos' do. Rows that do not fill a
+    block are left out by a view; columns are not (a column crop is a strided view, which
+    OpenCV would first copy whole: 36 MB for 12 MP).
     """
     import cv2
 
     factor = -(-max(rgb.shape[:2]) // side)  # ceiling division
     if factor <= 1:
         return rgb
-    height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
-    if not height or not width:  # a sliver (4000x3): keep its shape, lose detail
-        return cv2.resize(rgb, (max(1, rgb.shape[1] // factor), max(1, rgb.shape[0] // factor)),
-                          interpolation=cv2.INTER_AREA)
-    block = rgb[:height * factor, :width * factor]
-    return cv2.resize(block, (width, height), interpolation=cv2.INTER_AREA)
+    height = max(1, rgb.shape[0] // factor)
+    width = max(1, rgb.shape[1] // factor)
+    rows = rgb[:height * factor] if rgb.shape[0] >= factor else rgb  # still contiguous
+    return cv2.resize(rows, (width, height), interpolation=cv2.INTER_AREA)
 
 
 def raw_depth(data: bytes, width: int, height: int) -> RawDepth:
