@@ -16,7 +16,6 @@ waits for the one that holds its Redis lock instead of rendering it again.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,6 @@ class RenderPool:
     def __init__(self, threads: int) -> None:
         self.threads = max(1, threads)
         self._pool: Any = None
-        self._local = threading.local()
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:

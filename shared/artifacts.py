@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from depthfleet.shared.depth import RawDepth
@@ -114,8 +115,6 @@ def thumbnail_pixels(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
     block are left out by a view; columns are not (a column crop is a strided view, which
     OpenCV would first copy whole: 36 MB for 12 MP).
     """
-    import cv2
-
     factor = -(-max(rgb.shape[:2]) // side)  # ceiling division
     if factor <= 1:
         return rgb
