@@ -26,12 +26,12 @@ from depthfleet.shared.depth import RawDepth
 from depthfleet.shared.imaging.encode import (
     decode_float_tiff,
     encode_depth_png16,
-    encode_float_tiff,
     encode_heatmap_png,
     encode_jpeg,
     encode_pfm,
     heatmap_pixels,
 )
+from depthfleet.shared.imaging.tiff import encode_float_tiff
 
 PREVIEW_SIDE = 512
 RAW_FORMAT = 1  # meta.json's "raw_format": how depth_raw is to be read and upsampled

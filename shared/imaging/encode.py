@@ -75,24 +75,18 @@ def heatmap_pixels(depth: np.ndarray) -> np.ndarray:
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     """Baseline JPEG of HxWx3 RGB pixels: ~0.3 ms at 512 px, against ~10 ms for WebP."""
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]),
+    # cvtColor, not a reversed-channel view: numpy copies that one element by element (0.5 ms
+    # at 512 px, 65 ms at 12 MP, against 0.01 and 11 ms).
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"cannot write pixels of shape {rgb.shape} as JPEG")
     return data.tobytes()
 
 
-def encode_float_tiff(values: np.ndarray) -> bytes:
-    """A single-channel float32 TIFF, deflated: lossless, ~2/3 of the raw bytes."""
-    ok, data = cv2.imencode(".tiff", np.ascontiguousarray(values, np.float32),
-                            [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_ADOBE_DEFLATE])
-    if not ok:
-        raise ValueError(f"cannot write values of shape {values.shape} as TIFF")
-    return data.tobytes()
-
-
 def decode_float_tiff(data: bytes) -> np.ndarray:
-    """The (H, W) float32 values of ``encode_float_tiff``'s file; ValueError for anything else."""
+    """The (H, W) float32 values of a single-channel float32 TIFF (``encode_float_tiff``'s,
+    or OpenCV's from before it); ValueError for anything else."""
     values = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if values is None or values.dtype != np.float32 or values.ndim != 2:
         raise ValueError("not a single-channel float32 TIFF")
