@@ -25,8 +25,6 @@ import requests
 from depthfleet.shared.settings import Settings
 
 
-LOCAL_ITEMS_PER_TASK = 1  # Celery spends a few ms per task; a small photo takes ~55 ms
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -180,11 +178,6 @@ def local_system(settings: Settings, data_dir: Path, workers: int,
             settings = settings.with_(redis_url=url)
         if not settings.storage_url:
             settings = settings.with_(storage_url=(data_dir / "storage").resolve().as_uri())
-        # A job is split into tasks of this many items; one worker process takes a whole task.
-        # The fleet default (8) lets one process end a job alone with up to 8 photos while the
-        # others idle: 12 photos of 12 MP on 2 processes took 8 photo-times instead of 6.
-        # On one machine every process is ours, so each photo is a task of its own.
-        settings = settings.with_(items_per_task=min(settings.items_per_task, LOCAL_ITEMS_PER_TASK))
         system.settings = settings
         env = system.env()
         port = free_port()

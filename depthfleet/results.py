@@ -101,11 +101,16 @@ class Collector:
                     on_poll()
                 status = self.client.status(self.job_id)
                 finished = status["pending"] == 0 and status["status"] in TERMINAL_JOB_STATES
-                bar.update(self._sweep(status["total"]))
+                if self._finished(status) > len(self.collected):  # else nothing new to list
+                    bar.update(self._sweep(status["total"]))
                 bar.set_postfix(failed=self.failed)
                 if finished and len(self.collected) >= status["total"]:
                     return status
                 time.sleep(interval if status["pending"] > TAIL_PENDING else TAIL_INTERVAL)
+
+    @staticmethod
+    def _finished(status: dict[str, Any]) -> int:
+        return status["succeeded"] + status["failed"] + status["cancelled"]
 
     def _sweep(self, total: int) -> int:
         """Collect finished items from the first uncollected one on; returns how many."""
