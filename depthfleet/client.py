@@ -101,10 +101,10 @@ class NothingAccepted(RuntimeError):
 
 @dataclass(frozen=True)
 class Upload:
-    """One input of a submit: its name in the job, its bytes (a file, or in memory), their sha256."""
+    """One input of a submit: its name in the job, its bytes (a file or in memory), their sha256."""
 
     name: str
-    data: Path | bytes
+    data: Path | bytes = field(repr=False)
     sha256: str
 
     @classmethod
@@ -117,21 +117,24 @@ class Upload:
 
 
 # What ``Client.submit`` takes: a file or folder, a photo's bytes, or several of either.
-Inputs = Union[str, "os.PathLike[str]", bytes, Mapping[str, bytes],
-               Iterable[Union[str, "os.PathLike[str]", tuple[str, bytes]]]]
+Entry = Union[str, os.PathLike[str], tuple[str, bytes]]
+Inputs = Union[str, os.PathLike[str], bytes, Mapping[str, bytes], Iterable[Entry]]
 
 
 def uploads_of(inputs: Inputs) -> list[Upload]:
     """Files are named as given, folders contribute their images by relative path (as
     ``depthfleet submit`` finds them); bytes come as ``(name, bytes)`` or ``{name: bytes}``."""
+    entries: Iterable[Entry]
     if isinstance(inputs, bytes):
-        return [Upload.of_bytes("upload", inputs)]
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+        entries = [("upload", inputs)]
+    elif isinstance(inputs, (str, os.PathLike)):
+        entries = [inputs]
     elif isinstance(inputs, Mapping):
-        inputs = list(inputs.items())
+        entries = list(inputs.items())
+    else:
+        entries = inputs
     uploads: list[Upload] = []
-    for entry in inputs:
+    for entry in entries:
         if isinstance(entry, tuple):
             uploads.append(Upload.of_bytes(*entry))
         else:

@@ -90,7 +90,8 @@ class Collector:
         status. ``on_poll`` runs after every poll (e.g. to fail fast when a local worker died).
         """
         if not self.folder.stems:
-            self.folder.set_names(self.local_name(item) for item in self.client.iter_items(self.job_id))
+            names = (self.local_name(item) for item in self.client.iter_items(self.job_id))
+            self.folder.set_names(names)
         with tqdm(desc=desc, unit="img", dynamic_ncols=True, disable=not progress) as bar:
             for status in self.client.watch(self.job_id, interval):
                 bar.total = status["total"]
