@@ -13,7 +13,7 @@ from depthfleet.shared.settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Application factory (gunicorn: ``depthfleet.api:create_app()``)."""
-    from depthfleet.api import auth, errors, health, jobs, metrics, services, uploads, web
+    from depthfleet.api import auth, errors, health, jobs, metrics, openapi, services, uploads, web
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -24,6 +24,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_app(app)  # first: times every request, even those auth refuses
     errors.init_app(app)
     auth.init_app(app)
-    for blueprint in (health.bp, jobs.bp, uploads.bp, web.bp):
+    for blueprint in (health.bp, jobs.bp, uploads.bp, web.bp, openapi.bp):
         app.register_blueprint(blueprint)
     return app

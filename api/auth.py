@@ -17,7 +17,7 @@ from depthfleet.shared.errors import DepthFleetError
 from depthfleet.shared.sources import LOCAL_TENANT
 
 PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics", "web.index", "static",
-                    "web.static"}
+                    "web.static", "openapi.openapi_json"}
 
 
 class AuthError(DepthFleetError):

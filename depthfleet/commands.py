@@ -101,23 +101,20 @@ def submit(args: argparse.Namespace, settings: Settings, options: dict[str, Any]
 def status(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
     from depthfleet.client import Client
 
-    body = Client(args.server, _api_key(args, settings)).status(args.job)
-    print(json.dumps(body, indent=2))
+    with Client(args.server, _api_key(args, settings)) as client:
+        print(json.dumps(client.status(args.job), indent=2))
     return 0
 
 
 def fetch(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
     from depthfleet.client import Client
     from depthfleet.outputs import OutputFolder
-    from depthfleet.results import Collector
     from depthfleet.shared.artifacts import FULL_SIZE
 
-    folder = OutputFolder(args.out)
-    collector = Collector(Client(args.server, _api_key(args, settings)), args.job, folder,
-                          lambda item: item["name"], outputs=options.get("outputs", FULL_SIZE),
-                          max_side=options.get("max_side"))
-    collector.run(desc="fetch")
-    return _summary(args.out, collector.failed, folder.failures())
+    with Client(args.server, _api_key(args, settings)) as client:
+        done = client.download_results(args.job, args.out, options.get("outputs", FULL_SIZE),
+                                       options.get("max_side"), progress=True)
+    return _summary(args.out, done.failed, OutputFolder(args.out).failures())
 
 
 def render(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:

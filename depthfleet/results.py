@@ -11,26 +11,24 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
-from depthfleet.client import TERMINAL_JOB_STATES, Client
 from depthfleet.outputs import OutputFolder, manifest_record
 from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import FileStorage, open_storage
 
+if TYPE_CHECKING:  # the client builds its download_results on this module
+    from depthfleet.client import Client, ItemInfo, JobInfo
+
 ITEM_STATES_DONE = ("succeeded", "failed", "cancelled")
 PAGE = 1000
-# Near the end of a job, poll this often: the last photos finish within a fraction of the
-# normal interval, and a user (or a bench) should not wait up to a whole interval more.
-TAIL_PENDING, TAIL_INTERVAL = 4, 0.05
 
 
 class StoredArtifacts:
@@ -75,7 +73,7 @@ class Collector:
     """Polls a job and writes each finished item's artifacts and manifest line exactly once."""
 
     def __init__(self, client: Client, job_id: str, folder: OutputFolder,
-                 local_name: Callable[[dict[str, Any]], str], workers: int = 4,
+                 local_name: Callable[[ItemInfo], str], workers: int = 4,
                  stored: StoredArtifacts | None = None, outputs: Sequence[str] = FULL_SIZE,
                  max_side: int | None = None) -> None:
         self.client, self.job_id, self.folder = client, job_id, folder
@@ -86,30 +84,29 @@ class Collector:
         self.failed = 0
         self.pool = ThreadPoolExecutor(workers)
 
-    def run(self, interval: float = 0.5, desc: str = "depth",
-            on_poll: Callable[[], None] | None = None) -> dict[str, Any]:
-        """Collect until the job is finished; returns its final status.
-
-        ``on_poll`` runs before every poll (e.g. to fail fast when a local worker died).
+    def run(self, interval: float = 0.5, desc: str = "depth", progress: bool = True,
+            on_poll: Callable[[], None] | None = None) -> JobInfo:
+        """Collect until the job is finished and every item is written; returns its final
+        status. ``on_poll`` runs after every poll (e.g. to fail fast when a local worker died).
         """
-        status = self.client.status(self.job_id)
         if not self.folder.stems:
-            self.folder.set_names(self.local_name(item) for item in self.client.iter_items(self.job_id))
-        with tqdm(total=status["total"], desc=desc, unit="img", dynamic_ncols=True) as bar:
-            while True:
-                if on_poll:
-                    on_poll()
-                status = self.client.status(self.job_id)
-                finished = status["pending"] == 0 and status["status"] in TERMINAL_JOB_STATES
+            names = (self.local_name(item) for item in self.client.iter_items(self.job_id))
+            self.folder.set_names(names)
+        with tqdm(desc=desc, unit="img", dynamic_ncols=True, disable=not progress) as bar:
+            for status in self.client.watch(self.job_id, interval):
+                bar.total = status["total"]
                 if self._finished(status) > len(self.collected):  # else nothing new to list
                     bar.update(self._sweep(status["total"]))
                 bar.set_postfix(failed=self.failed)
-                if finished and len(self.collected) >= status["total"]:
-                    return status
-                time.sleep(interval if status["pending"] > TAIL_PENDING else TAIL_INTERVAL)
+                if on_poll:
+                    on_poll()
+            # Finished: what the last sweeps had no room for (5 pages a sweep).
+            while len(self.collected) < status["total"] and (swept := self._sweep(status["total"])):
+                bar.update(swept)
+        return status
 
     @staticmethod
-    def _finished(status: dict[str, Any]) -> int:
+    def _finished(status: JobInfo) -> int:
         return status["succeeded"] + status["failed"] + status["cancelled"]
 
     def _sweep(self, total: int) -> int:
@@ -122,7 +119,7 @@ class Collector:
             pass
         return len(done)
 
-    def _collect(self, item: dict[str, Any]) -> None:
+    def _collect(self, item: ItemInfo) -> None:
         name = self.local_name(item)
         if self.folder.is_done(name):  # a resumed run already has it
             self.collected.add(item["index"])

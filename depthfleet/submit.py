@@ -3,7 +3,8 @@
 Files are uploaded content-addressed (``PUT /v1/uploads/{sha256}``) in parallel after asking
 the server which it already has, and the job is created with an idempotency key saved before
 the request. A restarted ``submit`` therefore re-uploads nothing, creates no second job and
-picks up the results where it stopped.
+picks up the results where it stopped. The requests are ``depthfleet.client.Client``'s; this
+module adds what only the command keeps: the hashes and the key across restarts.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from depthfleet.client import ApiError, Client
-from depthfleet.outputs import Input, OutputFolder, find_inputs
-from depthfleet.results import Collector
+from depthfleet.client import ApiError, Client, Job, NothingAccepted, Upload
+from depthfleet.outputs import Input, find_inputs
 from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.digests import sha256_file
@@ -60,69 +60,46 @@ def state_path(settings: Settings, server: str, inputs: list[Input]) -> Path:
 def submit_paths(paths: list[Path], server: str, api_key: str | None, settings: Settings,
                  options: dict[str, Any], wait: bool, out: Path | None) -> int:
     inputs = find_inputs(paths)
-    client = Client(server, api_key)
     state = SubmitState(state_path(settings, server, inputs))
-    digests = [state.digest(inp) for inp in tqdm(inputs, desc="hash", unit="file")]
+    uploads = [Upload(inp.name, inp.path, state.digest(inp))
+               for inp in tqdm(inputs, desc="hash", unit="file")]
     state.save()
-    job_id = state.data.get("job_id") or _create_job(client, state, inputs, digests, options)
-    if job_id is None:
-        return 1
-    print(f"job {job_id}")
-    refused = bool(state.data.get("refused"))  # files left out: never a clean exit
-    if not wait:
-        return int(refused)
-    if out is None:
-        final = client.wait(job_id)
-    else:  # options.outputs went to the job only if given; OUT gets them, or the full size
-        final = Collector(client, job_id, OutputFolder(out), lambda item: item["name"],
-                          outputs=options.get("outputs", FULL_SIZE)).run()
+    with Client(server, api_key) as client:
+        job = client.job(state.data["job_id"]) if "job_id" in state.data else \
+            _create_job(client, state, uploads, options)
+        if job is None:
+            return 1
+        print(f"job {job.id}")
+        refused = bool(state.data.get("refused"))  # files left out: never a clean exit
+        if not wait:
+            return int(refused)
+        if out is None:
+            final = job.wait(progress=True)
+        else:  # options.outputs went to the job only if given; OUT gets them, or the full size
+            final = job.download(out, outputs=options.get("outputs", FULL_SIZE),
+                                 progress=True).status
     return int(refused or final["status"] != "succeeded")
 
 
-def _create_job(client: Client, state: SubmitState, inputs: list[Input], digests: list[str],
-                options: dict[str, Any]) -> str | None:
+def _create_job(client: Client, state: SubmitState, uploads: list[Upload],
+                options: dict[str, Any]) -> Job | None:
     """Upload, then create the job of what the server accepted (None: it accepted nothing)."""
-    refused = _upload_missing(client, inputs, digests)
-    _report_refused(inputs, digests, refused)
-    kept = [(i, d) for i, d in zip(inputs, digests) if d not in refused]
-    state.data["refused"] = len(inputs) - len(kept)
-    if not kept:
+    try:
+        job = client.submit_uploads(uploads, outputs=options.get("outputs"),
+                                    max_side=options.get("max_side"),
+                                    idempotency_key=state.data["idempotency_key"], progress=True)
+    except NothingAccepted as exc:
+        _report_refused(exc.refused)
         return None
-    body = {"uploads": [{"name": i.name, "sha256": d} for i, d in kept], "options": options}
-    job_id = client.submit_json(body, idempotency_key=state.data["idempotency_key"])["id"]
-    state.data["job_id"] = job_id
+    _report_refused(job.refused)
+    state.data.update(job_id=job.id, refused=len(job.refused))
     state.save()
-    return job_id
+    return job
 
 
-def _upload_missing(client: Client, inputs: list[Input], digests: list[str]) -> dict[str, ApiError]:
-    """Upload what the server lacks; returns the files it refused (an empty or oversized file,
-    say), by digest: they stay out of the job instead of stopping the whole submit."""
-    missing = client.missing_uploads(sorted(set(digests)))
-    todo, seen = [], set()
-    for inp, digest in zip(inputs, digests):
-        if digest in missing and digest not in seen:
-            todo.append((inp.path, digest))
-            seen.add(digest)
-    refused: dict[str, ApiError] = {}
-
-    def upload(path: Path, digest: str) -> None:
-        try:
-            client.upload(path, digest)
-        except ApiError as exc:
-            if exc.status >= 500 or exc.status in (401, 403, 429):
-                raise  # the server or the key, not the file: nothing else would get through
-            refused[digest] = exc
-
-    with tqdm(total=len(todo), desc="upload", unit="file") as bar:
-        client.upload_many(todo, on_done=lambda _: bar.update(1), upload=upload)
-    return refused
-
-
-def _report_refused(inputs: list[Input], digests: list[str], refused: dict[str, ApiError]) -> None:
-    names = [(inp.name, refused[d]) for inp, d in zip(inputs, digests) if d in refused]
-    if names:
-        print(f"depthfleet: {len(names)} files refused by the server, left out of the job:",
+def _report_refused(refused: list[tuple[str, ApiError]]) -> None:
+    if refused:
+        print(f"depthfleet: {len(refused)} files refused by the server, left out of the job:",
               file=sys.stderr)
-    for name, exc in names[:10]:
+    for name, exc in refused[:10]:
         print(f"  {name}: {exc.message} ({exc.code})", file=sys.stderr)

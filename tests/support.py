@@ -183,3 +183,15 @@ def build_archive(members: dict[str, bytes], kind: str) -> bytes:
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         archive.addfile(link)
     return buffer.getvalue()
+
+
+def openapi_problems(value: Any, schema: str) -> list[str]:
+    """Why ``value`` (an answer's JSON) does not fit ``components.schemas[schema]`` of the
+    served OpenAPI document; empty if it does."""
+    from openapi_schema_validator import OAS31Validator
+
+    from depthfleet.api.openapi import document
+
+    root = {"$ref": f"#/components/schemas/{schema}", "components": document()["components"]}
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in OAS31Validator(root).iter_errors(value)]

@@ -67,7 +67,7 @@ BODY_KIND = {
     "jobs.create_job": "job", "jobs.get_job": "none", "jobs.list_items": "none",
     "jobs.manifest": "none", "jobs.artifact": "none", "jobs.cancel_job": "none",
     "jobs.retry_job": "none", "uploads.check": "check", "uploads.presign": "presign",
-    "uploads.put": "raw",
+    "uploads.put": "raw", "openapi.openapi_json": "none",
 }
 ARTIFACT_FILES = tuple(spec.filename for spec in ARTIFACTS.values())
 ARGUMENT = re.compile(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>")
