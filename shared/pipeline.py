@@ -19,7 +19,7 @@ from depthfleet.shared.depth import output_size, upsample
 from depthfleet.shared.model.backends import (NcnnBackend, OnnxRuntimeBackend, OpenVinoBackend,
                                               TorchBackend)
 from depthfleet.shared.model.ncnn_export import NcnnModel, ncnn_model
-from depthfleet.shared.model.onnx_export import exported_onnx, ort_optimized
+from depthfleet.shared.model.onnx_export import exported_onnx, exported_path, ort_optimized
 from depthfleet.shared.model.weights import ResolvedWeights, resolve_weights
 from depthfleet.shared.settings import Settings
 from depthfleet.shared.storage import Storage, open_storage
@@ -104,7 +104,8 @@ def prepare_model_files(settings: Settings) -> ModelFiles:
     weights = resolve_weights(settings)
     if settings.backend == "torch" and settings.precision == "fp32":
         return ModelFiles(weights, None)
-    onnx = exported_onnx(weights, settings.cache_dir, shared_models(settings))
+    cached = exported_path(weights, settings.cache_dir).is_file()  # then no storage client
+    onnx = exported_onnx(weights, settings.cache_dir, None if cached else shared_models(settings))
     if settings.precision == "bf16":
         return ModelFiles(weights, onnx)
     if settings.backend == "ncnn":

@@ -72,9 +72,9 @@ def fleet(tmp_path, redis_db_url, s3_server, checkpoint_path) -> Iterator[System
 
 
 def test_worker_path_does_not_import_torch() -> None:
-    """Importing the worker, the pipeline and the CLI loads none of the export extra."""
+    """Importing the worker, the API, the pipeline and the CLI loads none of the export extra."""
     code = ("import sys, depthfleet.cli, depthfleet.commands, depthfleet.shared.pipeline, "
-            "depthfleet.worker.app, depthfleet.worker.tasks; "
+            "depthfleet.worker.app, depthfleet.worker.tasks, depthfleet.api; "
             f"print(sorted(set(sys.modules) & set({EXPORT_PACKAGES!r})))")
     env = {**os.environ, "DEPTHFLEET_REDIS_URL": "redis://127.0.0.1:6379/0",
            "DEPTHFLEET_METRICS_PORT": "0"}
@@ -86,7 +86,7 @@ def test_worker_path_does_not_import_torch() -> None:
 
 @pytest.mark.integration
 def test_install_without_the_extra_has_no_torch(noexport_python: str) -> None:
-    code = ("import importlib.util as u, depthfleet.worker.tasks; "
+    code = ("import importlib.util as u, depthfleet.worker.tasks, depthfleet.api; "
             f"print([m for m in {EXPORT_PACKAGES!r} if u.find_spec(m)])")
     done = subprocess.run([noexport_python, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "DEPTHFLEET_METRICS_PORT": "0"}, timeout=120)

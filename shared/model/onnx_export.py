@@ -67,7 +67,7 @@ def exported_onnx(weights: ResolvedWeights, cache_dir: Path, shared: Storage | N
     """The cached ONNX model for ``weights``: from this machine's cache, else downloaded from
     the fleet's ``shared`` storage, else exported here in a child process (which needs the
     ``export`` extra) and then shared. Raises WeightsError if none of them can provide it."""
-    target = cache_dir / "onnx" / f"midas_small-{weights.sha256}-v{EXPORT_VERSION}.onnx"
+    target = exported_path(weights, cache_dir)
     with locked(target.parent / ".lock"):
         if target.is_file() or _fetched(shared, target, weights.sha256):
             return target
@@ -80,6 +80,11 @@ def exported_onnx(weights: ResolvedWeights, cache_dir: Path, shared: Storage | N
         except DepthFleetError as exc:  # this machine has its model; the others will export
             log.warning("could not share the exported model: %s", exc.message)
     return target
+
+
+def exported_path(weights: ResolvedWeights, cache_dir: Path) -> Path:
+    """Where this machine caches the export of ``weights`` (its name is the fleet's key too)."""
+    return cache_dir / "onnx" / f"midas_small-{weights.sha256}-v{EXPORT_VERSION}.onnx"
 
 
 def _fetched(shared: Storage | None, target: Path, weights_sha256: str) -> bool:
