@@ -165,8 +165,8 @@ def test_broken_compose_files_are_refused(compose: dict[str, Any]) -> None:
     cases = {
         "unknown service field": broken(lambda d: services(d)["api"].update(restart_policy="always")),
         "unknown top-level key": broken(lambda d: d.update(service={})),
-        "healthcheck retries as words": broken(
-            lambda d: services(d)["redis"]["healthcheck"].update(retries="many")),
+        "healthcheck test as a mapping": broken(
+            lambda d: services(d)["redis"]["healthcheck"].update(test={"cmd": "redis-cli"})),
         "misspelt limit": broken(
             lambda d: services(d)["worker"]["deploy"]["resources"]["limits"].update(memroy="1g")),
         "depends_on condition": broken(
