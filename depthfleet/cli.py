@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p, OUTPUTS_HELP["render"], full_size_only=True)
 
     sub.add_parser("weights", help="fetch and verify the configured checkpoint; print path and sha256")
+    sub.add_parser("export-model", help="export the model to ONNX (needs the `export` extra) "
+                   "and share it through DEPTHFLEET_STORAGE_URL with workers installed without it")
 
     p = sub.add_parser("api", help="serve the HTTP API (gunicorn)")
     p.add_argument("--host", default="127.0.0.1")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     from depthfleet import commands
     from depthfleet.shared.errors import DepthFleetError
 
-    handler = getattr(commands, args.command)
+    handler = getattr(commands, args.command.replace("-", "_"))
     try:
         sys.exit(handler(args, settings, _options(args) if hasattr(args, "max_side") else {}))
     except DepthFleetError as exc:

@@ -148,6 +148,27 @@ def weights(args: argparse.Namespace, settings: Settings, options: dict[str, Any
     return 0
 
 
+def export_model(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
+    """Export once (here, with the ``export`` extra) for workers installed without it: the
+    file goes into this machine's cache and, with DEPTHFLEET_STORAGE_URL, to the fleet's."""
+    from depthfleet.shared.layout import model_key
+    from depthfleet.shared.model import published
+    from depthfleet.shared.model.onnx_export import exported_onnx
+    from depthfleet.shared.model.weights import resolve_weights
+    from depthfleet.shared.pipeline import shared_models
+
+    found = resolve_weights(settings)
+    shared = shared_models(settings)
+    exported = exported_onnx(found, settings.cache_dir, shared)
+    if shared is None:
+        print(f"{exported}\n(no DEPTHFLEET_STORAGE_URL: in this machine's cache only)")
+        return 0
+    if not published.is_shared(shared, exported):
+        published.upload(shared, exported, found.sha256)
+    print(f"{shared.url}/{model_key(exported.name)}")
+    return 0
+
+
 def api(args: argparse.Namespace, settings: Settings, options: dict[str, Any]) -> int:
     """Exec gunicorn, configured by ``depthfleet.api.gunicorn_conf`` (JSON logs, metrics)."""
     from depthfleet.shared.metrics import MULTIPROC_ENV, fresh_metrics_dir

@@ -55,3 +55,17 @@ def render_key(depth_raw_key: str, size: tuple[int, int], filename: str) -> str:
 
 def tenant_prefix(tenant: str) -> str:
     return f"t/{tenant}/"
+
+
+MODELS_PREFIX = "models/"
+
+
+def model_key(filename: str) -> str:
+    """An exported model shared by the fleet (``model.published``), by its cache file name,
+    which carries the weights' sha256 and the exporter's version."""
+    return f"{MODELS_PREFIX}{filename}"
+
+
+def model_manifest_key(filename: str) -> str:
+    """Written after the model: its sha256 and the weights it was exported from."""
+    return f"{MODELS_PREFIX}{filename}.json"

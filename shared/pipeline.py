@@ -19,9 +19,10 @@ from depthfleet.shared.depth import output_size, upsample
 from depthfleet.shared.model.backends import (NcnnBackend, OnnxRuntimeBackend, OpenVinoBackend,
                                               TorchBackend)
 from depthfleet.shared.model.ncnn_export import NcnnModel, ncnn_model
-from depthfleet.shared.model.onnx_export import exported_onnx, ort_optimized
+from depthfleet.shared.model.onnx_export import exported_onnx, exported_path, ort_optimized
 from depthfleet.shared.model.weights import ResolvedWeights, resolve_weights
 from depthfleet.shared.settings import Settings
+from depthfleet.shared.storage import Storage, open_storage
 
 NETWORK_SIDE = 256
 MULTIPLE = 32
@@ -94,7 +95,8 @@ class ModelFiles:
 
 
 def prepare_model_files(settings: Settings) -> ModelFiles:
-    """Fetch and verify the weights, export (and convert) the model if needed, without torch.
+    """Fetch and verify the weights, export (and convert) the model if needed, without torch
+    in this process; the export comes from the fleet's storage when another machine made it.
 
     The slow, once-per-machine part of ``load_backend``: a parent process runs it before
     forking workers, whose ``load_backend`` then only finds the files in the cache.
@@ -102,12 +104,18 @@ def prepare_model_files(settings: Settings) -> ModelFiles:
     weights = resolve_weights(settings)
     if settings.backend == "torch" and settings.precision == "fp32":
         return ModelFiles(weights, None)
-    onnx = exported_onnx(weights, settings.cache_dir)
+    cached = exported_path(weights, settings.cache_dir).is_file()  # then no storage client
+    onnx = exported_onnx(weights, settings.cache_dir, None if cached else shared_models(settings))
     if settings.precision == "bf16":
         return ModelFiles(weights, onnx)
     if settings.backend == "ncnn":
         return ModelFiles(weights, onnx, ncnn=ncnn_model(onnx))
     return ModelFiles(weights, onnx, ort_model=ort_optimized(onnx))
+
+
+def shared_models(settings: Settings) -> Storage | None:
+    """Where the fleet shares its exported model (``model.published``): its storage, if any."""
+    return open_storage(settings) if settings.storage_url else None
 
 
 def load_backend(settings: Settings, threads: int, callers: int = 1) -> Backend:

@@ -51,10 +51,12 @@ class System:
                    self.api)
 
     def start_worker(self, concurrency: int = 1, threads: int = 1,
-                     extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                     extra_env: dict[str, str] | None = None,
+                     python: str = sys.executable) -> subprocess.Popen:
+        """A ``depthfleet worker`` process; ``python`` picks the install (venv) it runs from."""
         env = {**self.env, **(extra_env or {})}
         n = len(self.workers)
-        proc = _spawn([sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency",
+        proc = _spawn([python, "-m", "depthfleet.cli", "worker", "--concurrency",
                        str(concurrency), "--threads", str(threads)], env,
                       self.log_dir / f"worker-{n}.log")
         self.workers.append(proc)

@@ -17,6 +17,7 @@ import redis
 import requests
 
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
+from depthfleet.shared.layout import MODELS_PREFIX
 from support import System, build_archive, poll, running, s3_system, tiny_jpeg
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,9 @@ def test_archive_upload_processes_good_entries_and_reports_bad_ones(system, s3, 
     assert items["link.jpg"]["error"]["code"] == "unsupported_entry"
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             for o in page.get("Contents", [])]
-    assert keys and all(k.startswith(("df/t/carol/", "archive/")) for k in keys), keys
+    # (df/models/: the exported model the first worker shares with the fleet)
+    assert keys and all(k.startswith(("df/t/carol/", "archive/", f"df/{MODELS_PREFIX}"))
+                        for k in keys), keys
     assert not any("evil" in k or "passwd" in k for k in keys)
 
 

@@ -524,20 +524,28 @@ def check_dockerfile(name: str, text: str) -> list[str]:
 
 
 def check_torch_pins(dockerfiles: Mapping[str, str], pyproject: Mapping[str, Any]) -> list[str]:
-    """CPU torch from PyTorch's CPU index, same exact pins as pyproject.toml, installed first."""
+    """torch is the `export` extra only; the worker image installs it as CPU torch from
+    PyTorch's CPU index, same exact pins as pyproject.toml, first; the API image not at all."""
     pins = {}
-    for requirement in pyproject["project"]["dependencies"]:
+    for requirement in pyproject["project"]["optional-dependencies"].get("export", []):
         match = re.fullmatch(r"(torch|torchvision)==([\w.]+)", requirement.replace(" ", ""))
         if match:
             pins[match.group(1)] = match.group(2)
-    problems = [f"pyproject.toml: {p} is not pinned exactly" for p in ("torch", "torchvision")
-                if p not in pins]
+    problems = [f"pyproject.toml: {p} is not pinned exactly in the export extra"
+                for p in ("torch", "torchvision") if p not in pins]
+    problems += [f"pyproject.toml: {r} is a dependency of every install, not of the export extra"
+                 for r in pyproject["project"]["dependencies"]
+                 if re.match(r"(torch|torchvision|timm)\b", r)]
     for package, version in pins.items():
         if not SpecifierSet(f"=={version}").contains(f"{version}+cpu"):
             problems.append(f"{package}=={version} would not accept the {version}+cpu build")
     for name, text in dockerfiles.items():
         runs = [args for keyword, args in instructions(text) if keyword == "RUN"]
         cpu = [i for i, args in enumerate(runs) if CPU_INDEX in args]
+        if name == "Dockerfile.api":
+            if cpu or any("torch==" in args for args in runs):
+                problems.append(f"{name}: installs torch, which the API never uses")
+            continue
         if not cpu:
             problems.append(f"{name}: torch is not installed from {CPU_INDEX}")
             continue
@@ -790,11 +798,18 @@ def test_every_check_can_fail(compose: dict[str, Any], dockerfiles: dict[str, st
         "torch pin drift": check_torch_pins(
             broken_files(worker, "torch==2.14.1 ", "torch==2.14.0 "), pyproject),
         "torch after the rest": check_torch_pins(broken_files(
-            worker, "RUN --mount=type=cache,target=/root/.cache/pip \\\n    pip install --index-url",
+            worker, "RUN --mount=type=cache,target=/root/.cache/pip \\\n    if [",
             "RUN pip install -r /tmp/requirements.txt\nRUN --mount=type=cache,target=/root/"
-            ".cache/pip \\\n    pip install --index-url"), pyproject),
+            ".cache/pip \\\n    if ["), pyproject),
         "torch from PyPI": check_torch_pins(
-            broken_files(api, f"--index-url {CPU_INDEX} ", ""), pyproject),
+            broken_files(worker, f"--index-url {CPU_INDEX} ", ""), pyproject),
+        "torch in the API": check_torch_pins(broken_files(
+            api, "RUN python -m venv /opt/venv\n",
+            f"RUN python -m venv /opt/venv\nRUN pip install --index-url {CPU_INDEX} torch==2.14.1\n"),
+            pyproject),
+        "torch for every install": check_torch_pins(dockerfiles, {"project": {
+            **pyproject["project"],
+            "dependencies": [*pyproject["project"]["dependencies"], "torch==2.14.1"]}}),
         "package not copied": check_build_context(
             broken_files(worker, "COPY shared ./shared\n", ""), pyproject, ignore),
         "package ignored": check_build_context(dockerfiles, pyproject, ignore + ["shared"]),

@@ -36,9 +36,13 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, checkpoint: Path, threads: int, weights_sha256: str) -> None:
-        import torch
+        try:
+            import torch
 
-        from depthfleet.shared.model.midas_small import build_midas_small
+            from depthfleet.shared.model.midas_small import build_midas_small
+        except ImportError as exc:
+            raise WeightsError(f"DEPTHFLEET_BACKEND=torch needs the `export` extra "
+                               f"(pip install 'depthfleet[export]'): {exc}") from None
 
         torch.set_num_threads(threads)
         self._torch = torch

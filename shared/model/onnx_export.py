@@ -9,7 +9,9 @@ padding inside the convolutions, and the fusion blocks' projection before their 
 
 Workers must not import torch (hundreds of MB, seconds of start-up), so ``exported_onnx`` runs
 the export in a child process: ``python -m depthfleet.shared.model.onnx_export CKPT OUT``.
-Only that child and ``export_onnx`` import torch.
+Only that child and ``export_onnx`` import torch. torch, torchvision, timm and onnx are the
+``export`` extra: a machine installed without it downloads the fleet's export from storage
+(``published``) instead, and refuses to start if there is none.
 
 ``ort_optimized`` then saves the graph as ONNX Runtime optimizes it for this CPU (NCHWc
 blocked layout, fused activations), also in a child process. A session built from that file
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import logging
 import platform
 import subprocess
 import sys
@@ -32,29 +36,83 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime
 
-from depthfleet.shared.errors import WeightsError
+from depthfleet.shared.errors import DepthFleetError, WeightsError
+from depthfleet.shared.layout import model_key
+from depthfleet.shared.model import published
 from depthfleet.shared.model.cachefiles import locked, publish, temporary_path
 from depthfleet.shared.model.weights import ResolvedWeights
+from depthfleet.shared.storage import StorageError
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
+    from depthfleet.shared.storage import Storage
+
     from depthfleet.shared.model.midas_small import MidasSmall
+
+log = logging.getLogger(__name__)
 
 MODULE = "depthfleet.shared.model.onnx_export"
 # Bump when the model code or the export changes, so caches re-export instead of reusing.
 EXPORT_VERSION = 2
+EXPORT_PACKAGES = ("torch", "torchvision", "timm", "onnx")  # the ``export`` extra
 OPSET = 17
 CHECK_SHAPES = ((256, 256), (160, 256))  # 1:1 and 3:2 photos
 CHECK_TOLERANCE = 1e-4  # of the output range; faithful fp32 runtimes stay within 2e-6
 
 
-def exported_onnx(weights: ResolvedWeights, cache_dir: Path) -> Path:
-    """The cached ONNX model for ``weights``, exporting it in a child process if needed."""
-    target = cache_dir / "onnx" / f"midas_small-{weights.sha256}-v{EXPORT_VERSION}.onnx"
-    _build_once(target, [str(weights.path), str(target)], f"ONNX export of {weights.path}")
+def exported_onnx(weights: ResolvedWeights, cache_dir: Path, shared: Storage | None = None
+                  ) -> Path:
+    """The cached ONNX model for ``weights``: from this machine's cache, else downloaded from
+    the fleet's ``shared`` storage, else exported here in a child process (which needs the
+    ``export`` extra) and then shared. Raises WeightsError if none of them can provide it."""
+    target = exported_path(weights, cache_dir)
+    with locked(target.parent / ".lock"):
+        if target.is_file() or _fetched(shared, target, weights.sha256):
+            return target
+        if not can_export():
+            raise WeightsError(_cannot_export(target, shared), code="model_not_exported")
+        _run_child([str(weights.path), str(target)], f"ONNX export of {weights.path}")
+    if shared is not None:
+        try:
+            published.upload(shared, target, weights.sha256)
+        except DepthFleetError as exc:  # this machine has its model; the others will export
+            log.warning("could not share the exported model: %s", exc.message)
     return target
+
+
+def exported_path(weights: ResolvedWeights, cache_dir: Path) -> Path:
+    """Where this machine caches the export of ``weights`` (its name is the fleet's key too)."""
+    return cache_dir / "onnx" / f"midas_small-{weights.sha256}-v{EXPORT_VERSION}.onnx"
+
+
+def _fetched(shared: Storage | None, target: Path, weights_sha256: str) -> bool:
+    """Whether the fleet's export is now in place; storage trouble only matters to a
+    machine that could not export the model itself."""
+    try:
+        return shared is not None and published.fetch(shared, target, weights_sha256)
+    except StorageError as exc:
+        if not can_export():
+            raise
+        log.warning("could not look for a shared exported model, exporting here: %s", exc.message)
+        return False
+
+
+def can_export() -> bool:
+    """Whether the ``export`` extra is installed, found without importing any of it."""
+    return all(importlib.util.find_spec(name) for name in EXPORT_PACKAGES)
+
+
+def _cannot_export(target: Path, shared: Storage | None) -> str:
+    where = (f"nor in the fleet's storage ({shared.url}/{model_key(target.name)})" if shared
+             else "and DEPTHFLEET_STORAGE_URL names no storage to download it from")
+    return (f"the exported model {target.name} is not in this machine's cache ({target.parent}) "
+            f"{where}, and this installation cannot export it: torch, torchvision and timm "
+            "come with the `export` extra (pip install 'depthfleet[export]'). Export it once "
+            "where the extra is installed, with the same DEPTHFLEET_WEIGHTS and "
+            "DEPTHFLEET_STORAGE_URL: `depthfleet export-model`, or start one worker that has "
+            "the extra first (see docs/deploy.md, 'Workers without torch').")
 
 
 def ort_optimized(exported: Path) -> Path:
@@ -70,10 +128,14 @@ def _build_once(target: Path, arguments: list[str], what: str) -> None:
     """Run this module in a child process to create ``target``, unless another did already."""
     with locked(target.parent / ".lock"):
         if not target.is_file():
-            done = subprocess.run([sys.executable, "-m", MODULE, *arguments],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                raise WeightsError(f"{what} failed:\n{done.stderr[-2000:]}")
+            _run_child(arguments, what)
+
+
+def _run_child(arguments: list[str], what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", MODULE, *arguments], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise WeightsError(f"{what} failed:\n{done.stderr[-2000:]}")
 
 
 def _cpu_flags_hash() -> str:
