@@ -26,6 +26,7 @@ from depthfleet.shared.imaging.decode import (
     sniff_format,
 )
 from depthfleet.shared.settings import DEFAULT_MAX_PIXELS
+from support import jpeg2000
 
 ENTRIES = [(PHOTOS_DIR, e) for e in load_manifest(PHOTOS_DIR)] + \
           [(BAD_DIR, e) for e in load_manifest(BAD_DIR)]
@@ -272,15 +273,6 @@ def test_decoding_makes_no_full_size_copy_of_its_own() -> None:
 JPEG2000_SIZE = (451, 301)  # odd sides: no tile or resolution level divides them evenly
 
 
-def _jpeg2000(kind: str) -> bytes:
-    """A lossy JPEG 2000 of a photo, as digitisation masters often are (Pillow's encoder)."""
-    photo = Image.open(PHOTOS_DIR / "chelsea.jpg").convert("RGB").resize(JPEG2000_SIZE)
-    out = io.BytesIO()
-    photo.save(out, "JPEG2000", no_jp2=kind == "j2k", irreversible=True,
-               quality_mode="rates", quality_layers=[12])
-    return out.getvalue()
-
-
 def _declaring(data: bytes, ihdr: tuple[int, int] | None = None,
                siz: tuple[int, int] | None = None) -> bytes:
     """``data`` with the JP2 ``ihdr`` box and/or the codestream's SIZ marker declaring
@@ -293,17 +285,18 @@ def _declaring(data: bytes, ihdr: tuple[int, int] | None = None,
     return bytes(out)
 
 
+HUGE = (100_000, 100_000)
 _JPEG2000_BOMBS = {
-    "bomb.jp2": lambda: _declaring(_jpeg2000("jp2"), (100_000, 100_000), (100_000, 100_000)),
-    "bomb.j2k": lambda: _declaring(_jpeg2000("j2k"), siz=(100_000, 100_000)),
+    "bomb.jp2": lambda: _declaring(jpeg2000("jp2", JPEG2000_SIZE), HUGE, HUGE),
+    "bomb.j2k": lambda: _declaring(jpeg2000("j2k", JPEG2000_SIZE), siz=HUGE),
     # A small JP2 header in front of a huge codestream: OpenJPEG would allocate the latter.
-    "lying-ihdr.jp2": lambda: _declaring(_jpeg2000("jp2"), siz=(100_000, 100_000)),
+    "lying-ihdr.jp2": lambda: _declaring(jpeg2000("jp2", JPEG2000_SIZE), siz=HUGE),
 }
 
 
 @pytest.mark.parametrize("kind", ["jp2", "j2k"])
 def test_jpeg2000_decodes_to_its_size_and_pillows_pixels(kind: str) -> None:
-    data = _jpeg2000(kind)
+    data = jpeg2000(kind, JPEG2000_SIZE)
     assert data.startswith(b"\0\0\0\x0cjP  " if kind == "jp2" else b"\xff\x4f\xff\x51")
     info = probe(data, DEFAULT_MAX_PIXELS)
     rgb = decode_image(data, DEFAULT_MAX_PIXELS)
@@ -331,4 +324,4 @@ def test_jpeg2000_bombs_are_refused_from_the_header(name: str) -> None:
     ("jp2", lambda d: d.replace(b"jp2c", b"xxxx")),
 ])
 def test_damaged_jpeg2000_is_corrupt(kind: str, damage: Callable[[bytes], bytes]) -> None:
-    assert _outcome(damage(_jpeg2000(kind))) == "reject: corrupt_image"
+    assert _outcome(damage(jpeg2000(kind, JPEG2000_SIZE))) == "reject: corrupt_image"
