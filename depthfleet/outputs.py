@@ -120,7 +120,9 @@ class OutputFolder:
 
     def is_done(self, name: str) -> bool:
         record = self.records.get(name)
-        return bool(record) and record["status"] == "succeeded" and all(
+        if not record:
+            return False
+        return record["status"] == "succeeded" and all(
             (self.root / rel).is_file() for rel in record["artifacts"].values())
 
     def write_artifact(self, name: str, artifact: str, data: bytes | bytearray) -> str:

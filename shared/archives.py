@@ -29,9 +29,9 @@ import tarfile
 import time
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO, NamedTuple, cast
 
 import numpy as np
 
@@ -260,7 +260,7 @@ class _Record(NamedTuple):
     offset: int
 
 
-def _zip_entries(fp: IO[bytes], budget: _Budget) -> Iterator[ArchiveEntry]:
+def _zip_entries(fp: IO[bytes], budget: _Budget) -> Generator[ArchiveEntry, None, None]:
     layout = _zip_layout(fp)
     count, overlapping, damage = _survey(fp, layout, budget)
     if count == 0 and damage:
@@ -565,15 +565,13 @@ def _decompressor(method: int, source: _Slice, size: int):
 
 
 # -- tar ---------------------------------------------------------------------------------
-def _tar_entries(stream: IO[bytes], budget: _Budget, gzipped: bool) -> Iterator[ArchiveEntry]:
+def _tar_entries(stream: IO[bytes], budget: _Budget,
+                 gzipped: bool) -> Generator[ArchiveEntry, None, None]:
     source = _TarStream(stream, budget, gzipped)
-    try:
-        archive = tarfile.TarFile(fileobj=source, mode="r", encoding="utf-8",
+    try:  # tarfile only reads, seeks and tells: _TarStream has no write nor close
+        archive = tarfile.TarFile(fileobj=cast(IO[bytes], source), mode="r", encoding="utf-8",
                                   errors="surrogateescape")
-    except _Damaged as exc:
-        kind = "tar.gz" if gzipped else "tar"
-        raise InputError("corrupt_archive", f"unreadable {kind} archive: {exc}", 422) from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (_Damaged, tarfile.TarError, OSError, EOFError) as exc:
         kind = "tar.gz" if gzipped else "tar"
         raise InputError("corrupt_archive", f"unreadable {kind} archive: {exc}", 422) from None
     with archive:
@@ -584,7 +582,8 @@ def _tar_entries(stream: IO[bytes], budget: _Budget, gzipped: bool) -> Iterator[
             except (tarfile.TarError, OSError, EOFError, _Damaged) as exc:
                 yield _rest_damaged(exc)
                 return
-            archive.members.clear()  # tarfile keeps every TarInfo otherwise
+            # tarfile keeps every TarInfo otherwise (an attribute typeshed does not declare)
+            archive.members.clear()  # type: ignore[attr-defined]
             if member is None:
                 if source.last.strip(b"\0"):  # stopped at a header that is not the end
                     yield _rest_damaged("an invalid header")

@@ -361,14 +361,14 @@ def _exif_orientation(image: Image.Image) -> int:
 def _stored_pixels(image: Image.Image, data: bytes, image_format: str) -> np.ndarray:
     """The first frame as stored (before EXIF orientation), HxWx3 uint8 RGB."""
     stored_shape = (image.height, image.width)
+    pixels: np.ndarray | None
     if image_format == "HEIF":
         pixels = np.array(image.convert("RGB"))
     else:
         if image_format == "JPEG":
             _check_jpeg_scan(image)
-        if image_format == "TIFF":
-            data = _first_tiff_page(data)
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_FLAGS)
+        first = _first_tiff_page(data) if image_format == "TIFF" else data
+        pixels = cv2.imdecode(np.frombuffer(first, np.uint8), _OPENCV_FLAGS)
     if pixels is None or pixels.shape[:2] != stored_shape:
         raise InputError("corrupt_image", f"the {image_format} pixel data cannot be decoded")
     return pixels
