@@ -29,7 +29,7 @@ from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import FRAMES_COUNTED, decode_image, probe
 from depthfleet.shared.names import TAR_LEGACY, ZIP_LEGACY, clean_text, readable_name
 from hostile import GiB, MiB
-from support import build_archive, tiny_jpeg
+from support import build_archive, jpeg2000, tiny_jpeg
 
 LIMITS = ArchiveLimits(entry_bytes=8 * MiB, archive_bytes=1 * GiB, entries=10_000,
                        cpu_seconds=10)
@@ -280,6 +280,16 @@ def test_gzip_that_holds_no_tar_is_not_an_image():
         entries(data)
     assert raised.value.code == "not_an_image" and raised.value.status == 415
     assert "gzip data but not a tar archive" in raised.value.message
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_jpeg2000_entries_are_images_like_any_other(kind):
+    """Entries are sniffed by content: JP2 and J2K need no list of names to be accepted."""
+    members = {"masters/a.jp2": jpeg2000("jp2", (64, 48)), "masters/b.j2k": jpeg2000("j2k")}
+    found = by_name(entries(build_archive(members, kind)))
+    for name, data in members.items():
+        assert found[name].data == data
+        assert probe(data, 10**8).format == "JPEG2000"
 
 
 def test_tars_are_told_by_their_header_gzipped_or_not():
