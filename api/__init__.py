@@ -7,6 +7,7 @@ reaches Redis, storage and Celery only through ``services``.
 from __future__ import annotations
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from depthfleet.shared.settings import Settings
 
@@ -19,7 +20,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = 1 << 20  # text fields only; files spool to disk
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):
+        app.json.sort_keys = False  # bodies keep the order the code builds them in
     services.init_app(app, settings)
     metrics.init_app(app)  # first: times every request, even those auth refuses
     errors.init_app(app)

@@ -20,14 +20,13 @@ from werkzeug.datastructures import FileStorage
 from depthfleet.api import bodies, services
 from depthfleet.api.uploads import valid_digest
 from depthfleet.shared import ingest, layout, sources
-from depthfleet.shared.archives import archive_kind
+from depthfleet.shared.archives import ARCHIVE_SNIFF_BYTES, archive_kind
 from depthfleet.shared.artifacts import ARTIFACTS, stored_outputs
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import probe
 from depthfleet.shared.jobs import NewItem
 from depthfleet.shared.names import clean_text
 
-SNIFF_BYTES = 512
 MAX_SIDE_LIMIT = 16384
 MAX_NAME_CHARS = 1024
 
@@ -84,7 +83,7 @@ def from_multipart(files: list[FileStorage], form_options: str | None, tenant: s
 
 
 def _is_archive(part: FileStorage) -> bool:
-    head = part.stream.read(SNIFF_BYTES)
+    head = part.stream.read(ARCHIVE_SNIFF_BYTES)
     part.stream.seek(0)
     return archive_kind(head) is not None
 

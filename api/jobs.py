@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Blueprint, Response, redirect, request, send_file, stream_with_context
+from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns
 
 from depthfleet.api import ingest, renders, services
 from depthfleet.api.auth import current_tenant
@@ -207,7 +208,7 @@ def manifest(job_id: str) -> Response:
 
 
 @bp.get("/<job_id>/items/<int:index>/<filename>")
-def artifact(job_id: str, index: int, filename: str) -> Response:
+def artifact(job_id: str, index: int, filename: str) -> BaseResponse:
     """An artifact's bytes (``?inline=1``) or a redirect to them in storage; full-size ones
     of compact results are rendered on first read (``?max_side=N`` for a smaller size)."""
     status = _job_or_404(job_id)
@@ -250,7 +251,7 @@ def _artifact_key(status: JobStatus, record: dict[str, Any], name: str,
         raise NotFound("artifact") from None
 
 
-def _send(key: str, name: str, download_name: str) -> Response:
+def _send(key: str, name: str, download_name: str) -> BaseResponse:
     """A stored object as the response: a redirect to storage, or its bytes streamed.
 
     ``?inline=1`` (the web page): bytes from this origin, since fetch() cannot follow a

@@ -12,7 +12,7 @@ import re
 import tempfile
 import uuid
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from flask import Blueprint
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -98,7 +98,7 @@ def _object_body() -> dict[str, Any]:
     return body
 
 
-def _plain_name(name: object) -> bool:
+def _plain_name(name: object) -> TypeGuard[str]:
     """A file name without folders or a leading dot; printable (so no lone surrogates)."""
     return isinstance(name, str) and 0 < len(name) <= MAX_FILENAME and name.isprintable() \
         and not name.startswith(".") and "/" not in name and "\\" not in name

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,7 @@ def redis_server_binary() -> str:
     return found
 
 
-def wait_until(check: object, what: str, timeout: float = 60.0,
+def wait_until(check: Callable[[], object], what: str, timeout: float = 60.0,
                proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +90,8 @@ class LocalSystem:
         """Raise if a component died: a run must fail loudly, never wait forever."""
         for proc in [*self.services, *self.processes]:
             if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(map(str, proc.args[:5]))} exited with status "
+                args = proc.args if isinstance(proc.args, (list, tuple)) else [proc.args]
+                raise RuntimeError(f"{' '.join(map(str, args[:5]))} exited with status "
                                    f"{proc.returncode}; see the logs in {self.data_dir / 'logs'}")
 
 

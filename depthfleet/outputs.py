@@ -23,7 +23,7 @@ from depthfleet.shared.artifacts import ARTIFACTS, COMPACT, FULL_SIZE, check_nam
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".bmp",
-                  ".gif", ".heic", ".heif"}
+                  ".gif", ".heic", ".heif", ".jp2", ".j2k", ".j2c", ".jpc", ".jpx", ".jpf"}
 
 
 def chosen_outputs(text: str, full_size_only: bool = False) -> tuple[str, ...]:
@@ -120,7 +120,9 @@ class OutputFolder:
 
     def is_done(self, name: str) -> bool:
         record = self.records.get(name)
-        return bool(record) and record["status"] == "succeeded" and all(
+        if not record:
+            return False
+        return record["status"] == "succeeded" and all(
             (self.root / rel).is_file() for rel in record["artifacts"].values())
 
     def write_artifact(self, name: str, artifact: str, data: bytes | bytearray) -> str:
@@ -132,6 +134,7 @@ class OutputFolder:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
             tmp.write(data)
+            os.fchmod(tmp.fileno(), new_file_mode())  # mkstemp's 0600 would hide it from a team
         os.replace(tmp.name, target)
         return rel
 
@@ -152,6 +155,21 @@ class OutputFolder:
         tmp = self.manifest.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in lines))
         os.replace(tmp, self.manifest)
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file here: 0o666 less the process's umask.
+
+    Read from /proc: ``os.umask`` can only be read by setting it, and a file another thread
+    creates meanwhile would get the wrong mode.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 def manifest_record(index: int, name: str, status: str, error: dict[str, str] | None = None,

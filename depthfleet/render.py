@@ -44,7 +44,7 @@ def render_folder(root: Path, names: Sequence[str], max_side: int | None,
     """
     folder = OutputFolder(root)
     report = RenderReport()
-    todo = []
+    todo: list[tuple[dict[str, Any], list[str]]] = []
     for record in folder.records.values():
         if record["status"] == "succeeded":
             missing = _missing(folder, record, names)
@@ -55,7 +55,8 @@ def render_folder(root: Path, names: Sequence[str], max_side: int | None,
     pool = ThreadPoolExecutor(max(1, threads))
     try:
         with tqdm(total=len(todo), desc="render", unit="img", dynamic_ncols=True) as bar:
-            for record, error in pool.map(lambda job: _drawn(folder, *job, max_side), todo):
+            drawn = pool.map(lambda job: _drawn(folder, job[0], job[1], max_side), todo)
+            for record, error in drawn:
                 if error is None:
                     folder.record(record)
                     report.rendered += 1

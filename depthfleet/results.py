@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from depthfleet.outputs import OutputFolder, manifest_record
+from depthfleet.outputs import OutputFolder, manifest_record, new_file_mode
 from depthfleet.shared.artifacts import FULL_SIZE
 from depthfleet.shared.jobs import JobStore, connect
 from depthfleet.shared.settings import Settings
@@ -55,15 +55,20 @@ def link_artifact(folder: OutputFolder, name: str, artifact: str, source: Path) 
     """Put ``source`` at the artifact's place in ``folder`` (atomically), as a hard link.
 
     Storage never rewrites a file in place (it writes a new one and renames it), so sharing
-    the inode is safe; across file systems the bytes are copied by the kernel instead.
+    the inode is safe; across file systems the bytes are copied by the kernel instead. The
+    file gets the mode of a new file under the user's umask, like every file OUT gets.
     """
     rel = folder.artifact_path(name, artifact)
     target = folder.root / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mktemp(dir=target.parent, prefix=".tmp-"))
+    mode = new_file_mode()
     try:
         os.link(source, temporary)
-    except OSError:  # another file system, or one without hard links
+        if temporary.stat().st_mode & 0o777 != mode:
+            os.chmod(temporary, mode)  # storage writes 0600; the link is OUT's file as well
+    except OSError:  # another file system, one without hard links, or another's file
+        temporary.unlink(missing_ok=True)
         shutil.copyfile(source, temporary)
     os.replace(temporary, target)
     return rel

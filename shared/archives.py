@@ -29,9 +29,9 @@ import tarfile
 import time
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import IO, NamedTuple
+from typing import IO, NamedTuple, cast
 
 import numpy as np
 
@@ -40,6 +40,8 @@ from depthfleet.shared.names import ZIP_LEGACY, clean_text, escaped_bytes, reada
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _GZIP_MAGIC = b"\x1f\x8b"
+_TAR_BLOCK = 512
+ARCHIVE_SNIFF_BYTES = 4096  # what archive_kind needs: a gzip header may carry a file name
 OS_METADATA_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 REST_OF_ARCHIVE = "(rest of archive)"
 
@@ -69,14 +71,42 @@ class ArchiveEntry:
 
 
 def archive_kind(head: bytes) -> str | None:
-    """'zip', 'tar' or 'tar.gz' from the first bytes, else None (plain gzip counts as tar.gz)."""
+    """'zip', 'tar' or 'tar.gz' from the first ``ARCHIVE_SNIFF_BYTES`` bytes, else None.
+
+    A gzip is a tar.gz only if it inflates to a tar header (or is damaged or has too long a
+    header to tell from ``head``: the tar reader then says what it is); any other gzip is
+    no archive, so a single ``photo.jpg.gz`` is ``not_an_image`` like any other non-image.
+    """
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     if head.startswith(_GZIP_MAGIC):
-        return "tar.gz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
-    return None
+        return None if _gzip_holds_tar(head) is False else "tar.gz"
+    return "tar" if _is_tar_header(head) else None
+
+
+def _gzip_holds_tar(head: bytes) -> bool | None:
+    """Whether gzip data starting with ``head`` inflates to a tar header; None: cannot tell."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        block = inflate.decompress(head, _TAR_BLOCK)
+    except zlib.error:
+        return None
+    if len(block) < _TAR_BLOCK and not inflate.eof:
+        return None
+    return _is_tar_header(block)
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """A POSIX/GNU header (``ustar`` magic), or an old (v7) one whose checksum is right."""
+    if len(block) < _TAR_BLOCK:
+        return False
+    if block[257:262] == b"ustar":
+        return True
+    try:
+        stored = int(block[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(block[:148]) + 8 * ord(" ") + sum(block[156:_TAR_BLOCK])
 
 
 def unsafe_name(name: str) -> str | None:
@@ -101,11 +131,15 @@ def is_os_metadata(name: str) -> bool:
 def iter_archive(stream: IO[bytes], limits: ArchiveLimits) -> Iterator[ArchiveEntry]:
     """Entries of the archive in ``stream`` (seekable) in stored order, within ``limits``.
 
-    Raises ``InputError("corrupt_archive", ..., 422)`` if the archive cannot be read at all.
+    Raises ``InputError("corrupt_archive", ..., 422)`` if the archive cannot be read at all,
+    and ``not_an_image`` for gzip data that holds no tar (the file is no archive at all).
     """
-    head = stream.read(512)
+    head = stream.read(ARCHIVE_SNIFF_BYTES)
     stream.seek(0)
     kind = archive_kind(head)
+    if kind is None and head.startswith(_GZIP_MAGIC):
+        raise InputError("not_an_image", "the file is gzip data but not a tar archive, so "
+                         "neither an archive nor an image")
     budget = _Budget(limits)
     reader = _zip_entries(stream, budget) if kind == "zip" else \
         _tar_entries(stream, budget, gzipped=kind == "tar.gz")
@@ -226,7 +260,7 @@ class _Record(NamedTuple):
     offset: int
 
 
-def _zip_entries(fp: IO[bytes], budget: _Budget) -> Iterator[ArchiveEntry]:
+def _zip_entries(fp: IO[bytes], budget: _Budget) -> Generator[ArchiveEntry, None, None]:
     layout = _zip_layout(fp)
     count, overlapping, damage = _survey(fp, layout, budget)
     if count == 0 and damage:
@@ -531,18 +565,15 @@ def _decompressor(method: int, source: _Slice, size: int):
 
 
 # -- tar ---------------------------------------------------------------------------------
-def _tar_entries(stream: IO[bytes], budget: _Budget, gzipped: bool) -> Iterator[ArchiveEntry]:
+def _tar_entries(stream: IO[bytes], budget: _Budget,
+                 gzipped: bool) -> Generator[ArchiveEntry, None, None]:
     source = _TarStream(stream, budget, gzipped)
-    try:
-        archive = tarfile.TarFile(fileobj=source, mode="r", encoding="utf-8",
+    try:  # tarfile only reads, seeks and tells: _TarStream has no write nor close
+        archive = tarfile.TarFile(fileobj=cast(IO[bytes], source), mode="r", encoding="utf-8",
                                   errors="surrogateescape")
-    except _Damaged as exc:
+    except (_Damaged, tarfile.TarError, OSError, EOFError) as exc:
         kind = "tar.gz" if gzipped else "tar"
         raise InputError("corrupt_archive", f"unreadable {kind} archive: {exc}", 422) from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        message = "the file is gzip data but not a tar archive" if gzipped \
-            else f"unreadable tar archive: {exc}"
-        raise InputError("corrupt_archive", message, 422) from None
     with archive:
         while True:
             source.mark()
@@ -551,7 +582,8 @@ def _tar_entries(stream: IO[bytes], budget: _Budget, gzipped: bool) -> Iterator[
             except (tarfile.TarError, OSError, EOFError, _Damaged) as exc:
                 yield _rest_damaged(exc)
                 return
-            archive.members.clear()  # tarfile keeps every TarInfo otherwise
+            # tarfile keeps every TarInfo otherwise (an attribute typeshed does not declare)
+            archive.members.clear()  # type: ignore[attr-defined]
             if member is None:
                 if source.last.strip(b"\0"):  # stopped at a header that is not the end
                     yield _rest_damaged("an invalid header")

@@ -173,9 +173,9 @@ def resize_cubic(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     width, height = size
     rows, weights = _cubic_taps(rgb.shape[0], height)  # (4, height) each
-    gathered = rgb.take(rows.ravel(), axis=0).astype(np.float32)
+    floats = rgb.take(rows.ravel(), axis=0).astype(np.float32)
     # A vertical scale of exactly 1 makes OpenCV's vertical pass an exact identity.
-    gathered = cv2.resize(gathered, (width, 4 * height), interpolation=cv2.INTER_CUBIC)
+    gathered = cv2.resize(floats, (width, 4 * height), interpolation=cv2.INTER_CUBIC)
     return np.einsum("ihwc,ih->hwc", gathered.reshape(4, height, width, 3), weights)
 
 

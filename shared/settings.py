@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 OFFICIAL_WEIGHTS_URL = (
     "https://github.com/isl-org/MiDaS/releases/download/v2_1/midas_v21_small_256.pt"
@@ -23,7 +24,11 @@ class SettingsError(ValueError):
     """A ``DEPTHFLEET_*`` variable holds a value we cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None, minimum: int = 1) -> int | None:
+_Default = TypeVar("_Default", int, None)  # an int setting with an int default is an int
+
+
+def _int(env: Mapping[str, str], name: str, default: _Default,
+         minimum: int = 1) -> int | _Default:
     raw = env.get(name, "").strip()
     if not raw:
         return default

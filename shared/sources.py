@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from depthfleet.shared import layout
@@ -80,9 +80,9 @@ class SourceReader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: object | None = None
+        self._client: Any = None
 
-    def _s3(self) -> object:
+    def _s3(self) -> Any:
         self._client = self._client or s3_client(self.settings)
         return self._client
 

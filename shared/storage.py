@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
 from depthfleet.shared.errors import DepthFleetError, InputError
@@ -62,7 +62,8 @@ class Storage(Protocol):
 
     url: str
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put(self, key: str, data: bytes | bytearray,
+            content_type: str = "application/octet-stream") -> None: ...
     def put_file(self, key: str, source: Path | IO[bytes]) -> None: ...
     def get(self, key: str) -> bytes: ...
     def stream(self, key: str) -> Stored: ...
@@ -95,7 +96,8 @@ class FileStorage:
     def _path(self, key: str) -> Path:
         return self.root / safe_key(key)
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes | bytearray,
+            content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as tmp:
@@ -170,8 +172,8 @@ class FileStorage:
 class S3Storage:
     """A bucket (and optional prefix) on S3 or any S3-compatible server, through boto3."""
 
-    def __init__(self, bucket: str, prefix: str, client: object, url: str,
-                 presign_client: object | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str, client: Any, url: str,
+                 presign_client: Any = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client
@@ -196,7 +198,8 @@ class S3Storage:
         except BotoCoreError as exc:
             raise StorageError(f"S3 {method} failed: {exc}") from exc
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes | bytearray,
+            content_type: str = "application/octet-stream") -> None:
         self._call("put_object", Bucket=self.bucket, Key=self._key(key), Body=data,
                    ContentType=content_type)
 
@@ -288,8 +291,9 @@ def _opened(source: Path | IO[bytes]) -> Iterator[IO[bytes]]:
         yield source
 
 
-def s3_client(settings: Settings, endpoint: str | None = None) -> object:
-    """A boto3 S3 client for the configured endpoint: SigV4, path-style, standard retries.
+def s3_client(settings: Settings, endpoint: str | None = None) -> Any:
+    """A boto3 S3 client (untyped: boto3 makes its methods at run time) for the configured
+    endpoint: SigV4, path-style, standard retries.
 
     ``endpoint`` overrides it, e.g. the public name clients reach for presigned URLs.
     """

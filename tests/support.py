@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 import requests
+from PIL import Image
 
 from conftest import PHOTOS_DIR
 from depthfleet.local import _spawn, _stop, free_port, wait_until
@@ -151,6 +152,16 @@ def tiny_jpeg(seed: int, size: tuple[int, int] = (48, 64), source: str = "coffee
     ok, data = cv2.imencode(".jpg", base[y:y + size[0], x:x + size[1]])
     assert ok
     return data.tobytes()
+
+
+def jpeg2000(kind: str, size: tuple[int, int] = (451, 301), source: str = "chelsea.jpg") -> bytes:
+    """A lossy JPEG 2000 of a photo, as digitisation masters often are: a ``jp2`` file or a
+    bare ``j2k`` codestream, written by Pillow's OpenJPEG."""
+    photo = Image.open(PHOTOS_DIR / source).convert("RGB").resize(size)
+    out = io.BytesIO()
+    photo.save(out, "JPEG2000", no_jp2=kind == "j2k", irreversible=True, quality_mode="rates",
+               quality_layers=[12])
+    return out.getvalue()
 
 
 @contextmanager

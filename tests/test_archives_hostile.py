@@ -7,6 +7,7 @@ of the bombs are measured in a fresh process (peak RSS growth over the RSS befor
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -23,12 +24,12 @@ import redis
 
 import hostile
 from conftest import REPO
-from depthfleet.shared.archives import ArchiveEntry, ArchiveLimits, iter_archive
+from depthfleet.shared.archives import ArchiveEntry, ArchiveLimits, archive_kind, iter_archive
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import FRAMES_COUNTED, decode_image, probe
 from depthfleet.shared.names import TAR_LEGACY, ZIP_LEGACY, clean_text, readable_name
 from hostile import GiB, MiB
-from support import tiny_jpeg
+from support import build_archive, jpeg2000, tiny_jpeg
 
 LIMITS = ArchiveLimits(entry_bytes=8 * MiB, archive_bytes=1 * GiB, entries=10_000,
                        cpu_seconds=10)
@@ -270,11 +271,43 @@ def test_tar_header_declaring_gigabytes_is_not_read_whole(kind, gz):
     assert found[0].data == tiny_jpeg(950) and "header of more than" in found[1].error.message
 
 
-def test_gzip_that_holds_no_tar_is_refused_clearly():
+def test_gzip_that_holds_no_tar_is_not_an_image():
+    """Not an archive error: the file is no archive at all, whatever its name says."""
+    data = hostile.gzip_not_tar()
+    assert archive_kind(data) is None
+    assert archive_kind(gzip.compress(tiny_jpeg(5))) is None
     with pytest.raises(InputError) as raised:
-        entries(hostile.gzip_not_tar())
-    assert raised.value.code == "corrupt_archive" and raised.value.status == 422
+        entries(data)
+    assert raised.value.code == "not_an_image" and raised.value.status == 415
     assert "gzip data but not a tar archive" in raised.value.message
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_jpeg2000_entries_are_images_like_any_other(kind):
+    """Entries are sniffed by content: JP2 and J2K need no list of names to be accepted."""
+    members = {"masters/a.jp2": jpeg2000("jp2", (64, 48)), "masters/b.j2k": jpeg2000("j2k")}
+    found = by_name(entries(build_archive(members, kind)))
+    for name, data in members.items():
+        assert found[name].data == data
+        assert probe(data, 10**8).format == "JPEG2000"
+
+
+def test_tars_are_told_by_their_header_gzipped_or_not():
+    """ustar and old v7 headers, and a gzip whose own header (a long file name) is long."""
+    tar = build_archive({"a.jpg": tiny_jpeg(6)}, "tar")
+    v7 = io.BytesIO()
+    with tarfile.open(fileobj=v7, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("b.jpg")
+        info.size = len(tiny_jpeg(7))
+        archive.addfile(info, io.BytesIO(tiny_jpeg(7)))
+    old = v7.getvalue()[:257] + bytes(255) + v7.getvalue()[512:]  # no magic, as v7 wrote
+    old = old[:148] + b"%06o\0 " % (sum(old[:148]) + 256 + sum(old[156:512])) + old[156:]
+    named = io.BytesIO()
+    with gzip.GzipFile("x" * 2000, "wb", fileobj=named) as fh:
+        fh.write(tar)
+    assert [archive_kind(d) for d in (tar, old, gzip.compress(old), named.getvalue())] == \
+        ["tar", "tar", "tar.gz", "tar.gz"]
+    assert [e.name for e in entries(old)] == ["b.jpg"]
 
 
 # -- bombs: memory and CPU measured in a fresh process ------------------------------------

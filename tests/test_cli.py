@@ -7,6 +7,7 @@ ONNX export of a session (up to 40 s).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -25,12 +26,13 @@ from depthfleet.outputs import chosen_outputs, output_stems
 from depthfleet.shared.artifacts import ARTIFACTS, COMPACT, FULL_SIZE
 from depthfleet.shared.imaging.encode import decode_pfm
 from depthfleet.shared.reasons import describe
-from support import running, s3_system, system_env
+from support import jpeg2000, running, s3_system, system_env
 
 
-def depthfleet(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+def depthfleet(*args: str, env: dict[str, str], timeout: float = 600,
+               umask: int = -1) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "depthfleet.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, umask=umask)
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +195,9 @@ def copied(folder: Path, to: Path) -> Path:
     return to
 
 
-def render(folder: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
-    return depthfleet("render", str(folder), *options, env=env)
+def render(folder: Path, env: dict[str, str], *options: str,
+           umask: int = -1) -> subprocess.CompletedProcess:
+    return depthfleet("render", str(folder), *options, env=env, umask=umask)
 
 
 def assert_holds_exactly(folder: Path, names) -> None:
@@ -322,8 +325,9 @@ def test_submit_and_fetch_write_the_outputs_asked_for(tmp_path, render_inputs, c
                                 ("small", ("--outputs", "depth_png", "--max-side", "100"))):
             fetched[folder] = tmp_path / folder
             result = depthfleet("fetch", job, *server, "--out", str(fetched[folder]), *options,
-                                env=cli_env)
+                                env=cli_env, umask=0o022)
             assert result.returncode == 0, result.stderr
+            assert file_modes(fetched[folder]) == {0o644}  # a team can read what it fetched
     for folder, names in ((fetched["compact"], COMPACT), (fetched["small"], ("depth_png",))):
         assert_holds_exactly(folder, names)
     local = copied(fetched["compact"], tmp_path / "local")
@@ -343,3 +347,56 @@ def test_run_outputs_depth_raw_links_the_compact_set(tmp_path, render_inputs, cl
     for record in read_manifest(out).values():  # linked out of the workers' storage
         assert all((out / rel).stat().st_nlink >= 2 for rel in record["artifacts"].values())
     assert full_size_files(out / ".depthfleet") == []  # and only the compact set stored
+
+
+# -- JPEG 2000 masters, gzip that is no photo, and the modes of the files written ------------
+MIXED_SIZES = {"master.jp2": (160, 120), "scan.j2k": (97, 131)}
+
+
+def mixed_inputs(folder: Path) -> Path:
+    """JPEG 2000 (a JP2 file, a bare J2K codestream) beside gzip data named like a photo."""
+    folder.mkdir()
+    for name, size in MIXED_SIZES.items():
+        (folder / name).write_bytes(jpeg2000(name[-3:], size))
+    (folder / "notes.jpg").write_bytes(gzip.compress(b"field notes, not a photo\n" * 40))
+    return folder
+
+
+def assert_mixed_outcomes(out: Path) -> None:
+    manifest = read_manifest(out)
+    for name, size in MIXED_SIZES.items():
+        assert manifest[name]["status"] == "succeeded", manifest[name]
+        assert (manifest[name]["width"], manifest[name]["height"]) == size
+        png = cv2.imread(str(out / manifest[name]["artifacts"]["depth_png"]), cv2.IMREAD_UNCHANGED)
+        assert png.shape == size[::-1]
+    assert manifest["notes.jpg"]["error"]["code"] == "not_an_image", manifest["notes.jpg"]
+
+
+def file_modes(out: Path) -> set[int]:
+    """The permission bits of every file in OUT but its .depthfleet/ working folder."""
+    return {p.stat().st_mode & 0o777 for p in out.rglob("*")
+            if p.is_file() and not p.relative_to(out).parts[0].startswith(".")}
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_predict_and_render_write_files_with_the_users_umask(tmp_path, cli_env, umask, mode):
+    out = tmp_path / "out"
+    result = depthfleet("predict", str(mixed_inputs(tmp_path / "in")), "--out", str(out),
+                        "--outputs", "depth_raw", env=cli_env, umask=umask)
+    assert result.returncode == 1, result.stderr  # notes.jpg
+    rendered = render(out, cli_env, umask=umask)
+    assert rendered.returncode == 0, rendered.stderr
+    assert_mixed_outcomes(out)
+    assert file_modes(out) == {mode}
+
+
+def test_run_reads_jpeg2000_refuses_gzip_and_writes_files_with_the_users_umask(tmp_path,
+                                                                                cli_env):
+    out = tmp_path / "out"
+    result = depthfleet("run", str(mixed_inputs(tmp_path / "in")), "--out", str(out),
+                        env=cli_env, umask=0o022)
+    assert result.returncode == 1, result.stderr
+    assert_mixed_outcomes(out)
+    assert file_modes(out) == {0o644}
+    artifacts = [rel for r in read_manifest(out).values() for rel in r["artifacts"].values()]
+    assert artifacts and all((out / rel).stat().st_nlink >= 2 for rel in artifacts)  # linked

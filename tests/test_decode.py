@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
 import tracemalloc
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -24,6 +26,7 @@ from depthfleet.shared.imaging.decode import (
     sniff_format,
 )
 from depthfleet.shared.settings import DEFAULT_MAX_PIXELS
+from support import jpeg2000
 
 ENTRIES = [(PHOTOS_DIR, e) for e in load_manifest(PHOTOS_DIR)] + \
           [(BAD_DIR, e) for e in load_manifest(BAD_DIR)]
@@ -229,8 +232,12 @@ def test_pillows_limit_neither_decides_nor_warns() -> None:
     assert raised.value.code == "too_many_pixels"
 
 
-def test_bombs_are_rejected_without_a_big_allocation() -> None:
+def test_bombs_are_rejected_without_a_big_allocation(tmp_path: Path) -> None:
     """Peak RSS of a fresh process (VmHWM: ru_maxrss would inherit pytest's own peak)."""
+    crafted = []
+    for name, data in _JPEG2000_BOMBS.items():
+        crafted.append(tmp_path / name)
+        crafted[-1].write_bytes(data())
     script = (
         "import sys\n"
         "from depthfleet.shared.errors import InputError\n"
@@ -245,8 +252,8 @@ def test_bombs_are_rejected_without_a_big_allocation() -> None:
         "    else: raise AssertionError('bomb accepted')\n"
         "print(peak() - before)\n"
     )
-    run = subprocess.run([sys.executable, "-c", script, *(str(BAD_DIR / f) for f in BOMBS)],
-                         capture_output=True, text=True, check=True)
+    run = subprocess.run([sys.executable, "-c", script, *(str(BAD_DIR / f) for f in BOMBS),
+                          *map(str, crafted)], capture_output=True, text=True, check=True)
     assert int(run.stdout) < 16 * 2**20  # the smallest bomb would be 268 MB as RGB
 
 
@@ -260,3 +267,61 @@ def test_decoding_makes_no_full_size_copy_of_its_own() -> None:
     finally:
         tracemalloc.stop()
     assert peak < rgb.nbytes * 1.1
+
+
+# -- JPEG 2000: JP2 files and bare J2K codestreams, made here by Pillow's OpenJPEG ----------
+JPEG2000_SIZE = (451, 301)  # odd sides: no tile or resolution level divides them evenly
+
+
+def _declaring(data: bytes, ihdr: tuple[int, int] | None = None,
+               siz: tuple[int, int] | None = None) -> bytes:
+    """``data`` with the JP2 ``ihdr`` box and/or the codestream's SIZ marker declaring
+    another width x height (the pixel data stays what it was)."""
+    out = bytearray(data)
+    if ihdr:
+        struct.pack_into(">II", out, out.index(b"ihdr") + 4, ihdr[1], ihdr[0])
+    if siz:
+        struct.pack_into(">II", out, out.index(b"\xff\x4f\xff\x51") + 8, *siz)
+    return bytes(out)
+
+
+HUGE = (100_000, 100_000)
+_JPEG2000_BOMBS = {
+    "bomb.jp2": lambda: _declaring(jpeg2000("jp2", JPEG2000_SIZE), HUGE, HUGE),
+    "bomb.j2k": lambda: _declaring(jpeg2000("j2k", JPEG2000_SIZE), siz=HUGE),
+    # A small JP2 header in front of a huge codestream: OpenJPEG would allocate the latter.
+    "lying-ihdr.jp2": lambda: _declaring(jpeg2000("jp2", JPEG2000_SIZE), siz=HUGE),
+}
+
+
+@pytest.mark.parametrize("kind", ["jp2", "j2k"])
+def test_jpeg2000_decodes_to_its_size_and_pillows_pixels(kind: str) -> None:
+    data = jpeg2000(kind, JPEG2000_SIZE)
+    assert data.startswith(b"\0\0\0\x0cjP  " if kind == "jp2" else b"\xff\x4f\xff\x51")
+    info = probe(data, DEFAULT_MAX_PIXELS)
+    rgb = decode_image(data, DEFAULT_MAX_PIXELS)
+    assert (info.format, info.width, info.height, info.frames) == ("JPEG2000", *JPEG2000_SIZE, 1)
+    assert rgb.shape == (JPEG2000_SIZE[1], JPEG2000_SIZE[0], 3) and rgb.dtype == np.uint8
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+    assert np.abs(rgb - pillow).max() <= 2
+    photo = np.asarray(Image.open(PHOTOS_DIR / "chelsea.jpg").convert("RGB").resize(JPEG2000_SIZE))
+    assert np.abs(rgb.astype(int) - photo).mean() < 6  # lossy, yet the photo and not noise
+
+
+@pytest.mark.parametrize("name", list(_JPEG2000_BOMBS))
+def test_jpeg2000_bombs_are_refused_from_the_header(name: str) -> None:
+    with pytest.raises(InputError) as raised:
+        probe(_JPEG2000_BOMBS[name](), DEFAULT_MAX_PIXELS)
+    assert raised.value.code == "too_many_pixels" and "100000x100000" in raised.value.message
+
+
+@pytest.mark.parametrize(("kind", "damage"), [
+    ("jp2", lambda d: d[:len(d) * 6 // 10]),
+    ("j2k", lambda d: d[:len(d) * 6 // 10]),
+    ("jp2", lambda d: d[:len(d) - 3]),
+    ("j2k", lambda d: d[:300]),
+    ("jp2", lambda d: _declaring(d, siz=(JPEG2000_SIZE[0] + 1, JPEG2000_SIZE[1]))),
+    ("jp2", lambda d: d.replace(b"jp2c", b"xxxx")),
+])
+def test_damaged_jpeg2000_is_corrupt(kind: str, damage: Callable[[bytes], bytes]) -> None:
+    assert _outcome(damage(jpeg2000(kind, JPEG2000_SIZE))) == "reject: corrupt_image"

@@ -4,6 +4,7 @@ machine's Redis, and an S3 server process over HTTP.
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import requests
 from conftest import BAD_DIR, PHOTOS_DIR, allowed_outcomes, load_manifest, outcome_of
 from depthfleet.outputs import output_stems
 from depthfleet.shared.imaging.encode import decode_pfm
-from support import System, poll, running, s3_system, system_env
+from support import System, jpeg2000, poll, running, s3_system, system_env, tiny_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +142,22 @@ def test_single_bad_upload_is_refused_with_its_code(system):
         assert 400 <= response.status_code < 500, (entry["file"], response.status_code)
         assert f"reject: {response.json()['error']['code']}" in allowed, (entry["file"], response.text)
     assert refused_at_once >= 5
+
+
+def test_single_jpeg2000_uploads_are_processed_and_plain_gzip_is_not_an_image(system):
+    sizes = {"master.jp2": (160, 120), "scan.j2k": (97, 131)}
+    for name, size in sizes.items():
+        job = requests.post(f"{system.api_url}/v1/jobs", headers=ALICE, timeout=60,
+                            files=[("file", (name, jpeg2000(name[-3:], size)))])
+        assert job.status_code == 202, job.text
+        assert _wait(system, job.json()["id"])["status"] == "succeeded"
+        (item,) = _items(system, job.json()["id"])
+        assert (item["width"], item["height"]) == size
+    for name in ("photo.jpg.gz", "photos.tar.gz"):  # gzip data, but no tar inside
+        response = requests.post(f"{system.api_url}/v1/jobs", headers=ALICE, timeout=60,
+                                 files=[("file", (name, gzip.compress(tiny_jpeg(3))))])
+        assert response.status_code == 415, response.text
+        assert response.json()["error"]["code"] == "not_an_image"
 
 
 def test_tenants_are_isolated_and_auth_required(system):

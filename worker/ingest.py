@@ -86,8 +86,8 @@ def _ingest_all(rt: Runtime, app: Celery, status: JobStatus,
             continue
         offset = start_offset if position == start_source else 0
         items = itertools.islice(_expand(rt, status.tenant, source), offset, None)
-        added += _append(rt, app, status, items,
-                         lambda n, p=position, o=offset: _cursor(p, o + n))
+        added += _append(rt, app, status, items,  # the cursor is called within the call
+                         lambda n: _cursor(position, offset + n))
     return added
 
 
@@ -109,7 +109,7 @@ def _append(rt: Runtime, app: Celery, status: JobStatus, items: Iterator[NewItem
             cursor: Callable[[int], str]) -> int:
     added = 0
     for chunk in chunked(items, WRITE_CHUNK):
-        rt.store.append_items(status.id, chunk, cursor=lambda n, a=added: cursor(a + n))
+        rt.store.append_items(status.id, chunk, cursor=lambda n: cursor(added + n))
         dispatch(app, rt.share, status.tenant)
         added += len(chunk)
         if rt.store.pending_items(status.tenant) >= rt.settings.tenant_max_queued_items:

@@ -1,7 +1,8 @@
 """Bytes in, upright RGB out: format sniffing, header checks and decoding of user photos.
 
 The official MiDaS reader is ``cv2.imread(path)`` (IMREAD_COLOR) followed by BGR->RGB, so the
-pixels come from OpenCV wherever it reads the format (every format here but HEIF) and are
+pixels come from OpenCV wherever it reads the format (every format here but HEIF; JPEG 2000
+through the OpenJPEG that Pillow and OpenCV both use) and are
 bit-identical to it: alpha dropped, gray replicated, palettes expanded, 16-bit samples reduced
 as OpenCV does (PNG keeps the high byte, TIFF rounds v/257), CMYK converted by OpenCV.
 
@@ -34,9 +35,10 @@ pillow_heif.register_heif_opener()
 
 SNIFF_BYTES = 4096
 FRAMES_COUNTED = 16  # ImageInfo.frames stops counting here: only frame 0 is used
-SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "HEIF")
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "HEIF", "JPEG2000")
 _ACCEPTED = "accepted formats: " + ", ".join(SUPPORTED_FORMATS)
 
+_J2K_START = b"\xff\x4f\xff\x51"  # a JPEG 2000 codestream: SOC, then the SIZ marker
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -46,6 +48,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
     (b"II+\x00", "TIFF"),  # BigTIFF
     (b"MM\x00+", "TIFF"),
+    (b"\0\0\0\x0cjP  \r\n\x87\n", "JPEG2000"),  # JP2 (and JPX): the signature box
+    (_J2K_START, "JPEG2000"),  # J2K: a bare codestream
 )
 _UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"%PDF-", "PDF"),
@@ -243,14 +247,57 @@ def _checked_info(image: Image.Image, image_format: str, max_pixels: int,
     width, height = image.size
     if width == 0 or height == 0:
         raise InputError("invalid_dimensions", f"the header declares {width}x{height} pixels")
-    if width * height > max_pixels:
-        raise InputError("too_many_pixels", f"{width}x{height} is {width * height:,} pixels; "
-                         f"the limit is {max_pixels:,}")
+    _check_pixel_count(width, height, max_pixels)
+    if image_format == "JPEG2000":
+        _check_codestream(data, image.size, max_pixels)
     orientation = _exif_orientation(image)
     if orientation >= 5:
         width, height = height, width
     frames = _frame_count(image, image_format, data)
     return ImageInfo(image_format, width, height, frames, orientation)
+
+
+def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InputError("too_many_pixels", f"{width}x{height} is {width * height:,} pixels; "
+                         f"the limit is {max_pixels:,}")
+
+
+def _check_codestream(data: bytes, size: tuple[int, int], max_pixels: int) -> None:
+    """The codestream's SIZ marker, within the limit, must declare the size the JP2 header
+    does, in 1..4 components.
+
+    OpenJPEG allocates what SIZ declares (per component), whatever the JP2 ``ihdr`` box that
+    Pillow reports says: a small ``ihdr`` in front of a huge codestream would pass our limit.
+    """
+    start = 0 if data.startswith(_J2K_START) else _jp2_codestream(data)
+    try:
+        xsiz, ysiz, xosiz, yosiz, *_, components = struct.unpack_from(">8x8IH", data, start)
+    except struct.error:
+        raise InputError("corrupt_image", "the JPEG 2000 SIZ marker is truncated") from None
+    width, height = xsiz - xosiz, ysiz - yosiz
+    _check_pixel_count(width, height, max_pixels)
+    if (width, height) != size or not 1 <= components <= 4:
+        raise InputError("corrupt_image", f"the JPEG 2000 codestream declares {width}x{height} "
+                         f"pixels in {components} components, its header {size[0]}x{size[1]}")
+
+
+def _jp2_codestream(data: bytes) -> int:
+    """Where the first contiguous codestream (``jp2c`` box) of a JP2 file starts."""
+    at = 0
+    while at + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if length == 1 and at + 16 <= len(data):
+            length, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif length == 0:  # the last box: it runs to the end of the file
+            length = len(data) - at
+        if kind == b"jp2c" and data.startswith(_J2K_START, at + header):
+            return at + header
+        if length < header:
+            break
+        at += length
+    raise InputError("corrupt_image", "the JP2 file holds no codestream")
 
 
 def _frame_count(image: Image.Image, image_format: str, data: bytes) -> int:
@@ -314,14 +361,14 @@ def _exif_orientation(image: Image.Image) -> int:
 def _stored_pixels(image: Image.Image, data: bytes, image_format: str) -> np.ndarray:
     """The first frame as stored (before EXIF orientation), HxWx3 uint8 RGB."""
     stored_shape = (image.height, image.width)
+    pixels: np.ndarray | None
     if image_format == "HEIF":
         pixels = np.array(image.convert("RGB"))
     else:
         if image_format == "JPEG":
             _check_jpeg_scan(image)
-        if image_format == "TIFF":
-            data = _first_tiff_page(data)
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_FLAGS)
+        first = _first_tiff_page(data) if image_format == "TIFF" else data
+        pixels = cv2.imdecode(np.frombuffer(first, np.uint8), _OPENCV_FLAGS)
     if pixels is None or pixels.shape[:2] != stored_shape:
         raise InputError("corrupt_image", f"the {image_format} pixel data cannot be decoded")
     return pixels

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
+from numpy.typing import DTypeLike
 
 from depthfleet.shared.imaging.png import encode_png_strips
 
@@ -38,7 +39,7 @@ def normalize(depth: np.ndarray, max_value: float = 1.0) -> np.ndarray:
     return np.concatenate(list(_scaled_strips(depth, max_value, depth.dtype)))
 
 
-def _scaled_strips(depth: np.ndarray, max_value: float, dtype: np.dtype | str) -> Iterator[np.ndarray]:
+def _scaled_strips(depth: np.ndarray, max_value: float, dtype: DTypeLike) -> Iterator[np.ndarray]:
     """``normalize(depth, max_value).astype(dtype)`` in strips of ``STRIP_ROWS`` rows.
 
     At 12 MP, the whole-image way reads and writes a 48 MB array per arithmetic step; strip by

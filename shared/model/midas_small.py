@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
@@ -135,7 +136,8 @@ class MidasSmall(nn.Module):
 
     def __init__(self, encoder: nn.Module, features: int = FEATURES) -> None:
         super().__init__()
-        in_widths = encoder.feature_info.channels()  # 32, 48, 136, 384 for Lite3
+        feature_info: Any = encoder.feature_info  # timm's FeatureInfo, set at run time
+        in_widths = feature_info.channels()  # 32, 48, 136, 384 for Lite3
         widths = [features * 2**level for level in range(len(in_widths))]  # 64 ... 512
         out_widths = [features] + widths[:-1]  # each block halves, except the finest
         self.encoder = encoder
@@ -197,7 +199,7 @@ def official_shapes(model: MidasSmall) -> dict[str, torch.Size]:
     ours_to_official = tuple((ours, official) for official, ours in OFFICIAL_TO_OURS)
     shapes = {_swap_prefix(k, ours_to_official): v.shape for k, v in model.state_dict().items()}
     # The unused unit has the shapes of its sibling in the same block.
-    unused = model.fusion[-1].unit.state_dict()
+    unused = cast(FusionBlock, model.fusion[-1]).unit.state_dict()
     shapes.update({UNUSED_OFFICIAL_PREFIX + k: v.shape for k, v in unused.items()})
     return shapes
 

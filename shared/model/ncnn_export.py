@@ -151,7 +151,8 @@ def _diagnostics(output: str, lines: int = 12) -> str:
 def _pnnx_binary() -> Path:
     """The executable inside the pnnx package, found without importing it (that imports torch)."""
     spec = importlib.util.find_spec("pnnx")
-    binary = Path(spec.submodule_search_locations[0]) / "pnnx" if spec else None
+    folders = spec.submodule_search_locations if spec else None
+    binary = Path(folders[0]) / "pnnx" if folders else None
     if binary is None or not binary.is_file():
         raise RuntimeError("the pnnx package holds no pnnx executable (pip install --no-deps pnnx)")
     return binary

@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import onnxruntime
@@ -47,9 +47,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from depthfleet.shared.model.midas_small import FusionBlock, MidasSmall
     from depthfleet.shared.storage import Storage
-
-    from depthfleet.shared.model.midas_small import MidasSmall
 
 log = logging.getLogger(__name__)
 
@@ -193,12 +192,13 @@ def export_onnx(checkpoint: Path, target: Path) -> None:
 @contextlib.contextmanager
 def _projecting_first(model: MidasSmall) -> Iterator[None]:
     """The fusion blocks' cheaper, equivalent order (``FusionBlock.project_first``) meanwhile."""
-    for block in model.fusion:
+    blocks = cast("list[FusionBlock]", list(model.fusion))  # a ModuleList yields Modules
+    for block in blocks:
         block.project_first = True
     try:
         yield
     finally:
-        for block in model.fusion:
+        for block in blocks:
             block.project_first = False
 
 

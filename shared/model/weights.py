@@ -188,7 +188,7 @@ def _http_body(url: str) -> Iterator[tuple[int | None, Iterator[bytes]]]:
 
 
 @contextmanager
-def _s3_body(url: str, endpoint: str | None) -> Iterator[tuple[int, Iterator[bytes]]]:
+def _s3_body(url: str, endpoint: str | None) -> Iterator[tuple[int | None, Iterator[bytes]]]:
     parts = urlsplit(url)
     bucket, key = parts.netloc, parts.path.lstrip("/")
     if not bucket or not key:

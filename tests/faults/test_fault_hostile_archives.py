@@ -145,6 +145,9 @@ def test_damaged_archives_keep_their_good_entries(deploy):
     not_tar = _finished_items(deployment, _post_files(api, [("notes.tar.gz", gzip_not_tar()),
                                                             ("ok.jpg", tiny_jpeg(3))]))
     assert not_tar["ok.jpg"]["status"] == "succeeded"
-    (failed,) = [item for name, item in not_tar.items() if name != "ok.jpg"]
-    assert failed["status"] == "failed" and failed["error"]["code"] == "corrupt_archive", failed
+    failed = not_tar["notes.tar.gz"]  # no archive at all, whatever its name says
+    assert failed["status"] == "failed" and failed["error"]["code"] == "not_an_image", failed
+    url = _put_in_bucket(deployment, "notes.tar.gz", gzip_not_tar())  # named in storage
+    (by_key,) = _finished_items(deployment, _post_json(api, {"keys": [url]})).values()
+    assert by_key["error"]["code"] == "not_an_image", by_key
     _assert_drained(deployment)
