@@ -341,7 +341,7 @@ class Client:
             self._request("PUT", f"/v1/uploads/{digest}", data=fh, headers=headers)
 
     def upload_many(self, files: Sequence[tuple[Path | bytes, str]], workers: int = 8,
-                    on_done: Callable[[Path | bytes], None] | None = None,
+                    on_done: Callable[[Path | bytes], object] | None = None,
                     upload: Callable[[Path | bytes, str], None] | None = None) -> None:
         """Upload ``(data, digest)`` pairs in parallel (with ``upload``, default
         ``self.upload``); ``on_done(data)`` after each."""
