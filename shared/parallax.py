@@ -104,7 +104,8 @@ class Warper:
 
     def __init__(self, rgb: np.ndarray, disparity: np.ndarray, size: tuple[int, int],
                  offset: tuple[int, int] = (0, 0), reach: int = 1) -> None:
-        self.rgb, self.size, self.offset, self.reach = rgb, size, offset, max(1, reach)
+        self.rgb, self.size, self.offset = np.ascontiguousarray(rgb), size, offset
+        self.reach = max(1, reach)
         rows, cols = disparity.shape
         self.t = np.ascontiguousarray(disparity, np.float32).ravel()
         self.d = self.t - np.float32(FOCUS)
@@ -117,51 +118,77 @@ class Warper:
     def frame(self, shift: tuple[float, float]) -> np.ndarray:
         """The (H, W, 3) uint8 frame where disparity ``t`` moved by ``shift * (t - FOCUS)``."""
         z = self.splat(shift)
-        holes = z < 0
-        if holes.any():
-            z = fill_holes(z, holes, self.reach, abs(shift[1]) >= 0.5, abs(shift[0]) >= 0.5)
+        fill_holes(z, self.reach, abs(shift[1]) >= 0.5, abs(shift[0]) >= 0.5)
         z -= np.float32(FOCUS)
-        map_x = self.out_x - np.float32(shift[0]) * z
-        map_y = self.out_y - np.float32(shift[1]) * z
+        map_x = cv2.scaleAdd(z, -float(shift[0]), self.out_x)
+        map_y = cv2.scaleAdd(z, -float(shift[1]), self.out_y)
         return cv2.remap(self.rgb, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
     def splat(self, shift: tuple[float, float]) -> np.ndarray:
-        """(H, W) float32: the largest disparity that landed on each pixel, -1 where none."""
+        """(H, W) float32: the largest disparity that landed on each pixel, -1 where none.
+
+        Targets off the frame land in a one-pixel border of the buffer, cut off after: cheaper
+        than selecting the pixels that stay on it.
+        """
         height, width = self.size
-        x = np.rint(self.src_x + np.float32(shift[0]) * self.d).astype(np.int32)
-        y = np.rint(self.src_y + np.float32(shift[1]) * self.d).astype(np.int32)
-        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        z = np.full(height * width, -1.0, np.float32)
-        np.maximum.at(z, y[inside] * width + x[inside], self.t[inside])
-        return z.reshape(height, width)
+        x = self._rounded(cv2.scaleAdd(self.d, float(shift[0]), self.src_x), width)
+        y = self._rounded(cv2.scaleAdd(self.d, float(shift[1]), self.src_y), height)
+        y *= width + 2
+        y += x
+        z = np.full((height + 2) * (width + 2), -1.0, np.float32)
+        np.maximum.at(z, y.ravel(), self.t)
+        return z.reshape(height + 2, width + 2)[1:-1, 1:-1]
+
+    @staticmethod
+    def _rounded(coordinate: np.ndarray, size: int) -> np.ndarray:
+        """Nearest whole coordinates + 1, off-frame ones clipped to the border (0 or size + 1)."""
+        np.clip(coordinate, -1, size, out=coordinate)
+        coordinate += 1.5
+        return coordinate.astype(np.int32)  # truncation of a positive number: rounding
 
 
-def fill_holes(z: np.ndarray, holes: np.ndarray, reach: int, columns: bool = True,
-               rows: bool = True) -> np.ndarray:
-    """``z`` with each hole given the largest disparity among the closest filled pixels left,
-    right (``rows``), above and below (``columns``) it within ``reach``: a disocclusion's near
-    edge. Holes with none in reach take ``FOCUS`` (they do not move)."""
+def fill_holes(z: np.ndarray, reach: int, columns: bool = True, rows: bool = True) -> None:
+    """Give each hole of ``z`` (negative) the largest disparity among the closest filled pixels
+    left and right of it (``rows``) and above and below (``columns``) within ``reach``: a
+    disocclusion's near edge. Holes with none in reach take ``FOCUS`` (they do not move)."""
+    holes = z < 0
+    if not holes.any():
+        return
     best = np.full(z.shape, -1.0, np.float32)
-    for axis, along in ((1, rows), (0, columns)):
-        if along:
-            np.maximum(best, _nearest_filled(z, holes, reach, axis), out=best)
+    if rows:
+        np.maximum(best, _run_ends(z, holes, reach), out=best)
+    if columns:
+        along = _run_ends(np.ascontiguousarray(z.T), np.ascontiguousarray(holes.T), reach)
+        np.maximum(best, along.T, out=best)
     best[best < 0] = FOCUS
-    return np.where(holes, best, z)
+    np.copyto(z, best, where=holes)
 
 
-def _nearest_filled(z: np.ndarray, holes: np.ndarray, reach: int, axis: int) -> np.ndarray:
-    """Per pixel, the larger of ``z`` at the closest filled pixel before and after it along
-    ``axis`` (-1 where neither is within ``reach``)."""
-    length = z.shape[axis]
-    position = np.arange(length, dtype=np.int32).reshape((-1, 1) if axis == 0 else (1, -1))
-    before = np.maximum.accumulate(np.where(holes, np.int32(-length), position), axis=axis)
-    flipped = np.flip(np.where(holes, np.int32(2 * length), position), axis=axis)
-    after = np.flip(np.minimum.accumulate(flipped, axis=axis), axis=axis)
-    found = np.full(z.shape, -1.0, np.float32)
-    for index, near in ((before, position - before <= reach), (after, after - position <= reach)):
-        value = np.take_along_axis(z, np.clip(index, 0, length - 1), axis=axis)
-        np.maximum(found, np.where(near, value, np.float32(-1)), out=found)
-    return found
+def _run_ends(z: np.ndarray, holes: np.ndarray, reach: int) -> np.ndarray:
+    """(H, W): at each hole, the larger of ``z`` at the filled pixels that end its run of
+    holes on the left and on the right, if within ``reach`` of it (else, and off holes, -1).
+
+    Works on runs: one pass over the frame finds where runs start and stop, the rest costs
+    per hole.
+    """
+    height, width = holes.shape
+    stride = width + 1  # a filled column after each row ends its runs there
+    padded = np.zeros((height, stride), np.int8)
+    padded[:, :width] = holes
+    edges = np.diff(padded.ravel(), prepend=np.int8(0))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    lengths = stops - starts
+    values = np.full(height * stride, -1.0, np.float32)
+    values.reshape(height, stride)[:, :width] = z  # the pad column stays -1: no neighbour
+    left = np.where(starts % stride > 0, values[starts - 1], np.float32(-1))
+    right = values[stops]  # a stop is never past the end: every row ends in the pad column
+    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    from_left = np.where(offset < reach, np.repeat(left, lengths), np.float32(-1))
+    from_right = np.where(np.repeat(lengths, lengths) - offset <= reach,
+                          np.repeat(right, lengths), np.float32(-1))
+    out = np.full(height * stride, -1.0, np.float32)
+    out[np.repeat(starts, lengths) + offset] = np.maximum(from_left, from_right)
+    return out.reshape(height, stride)[:, :width]
 
 
 def frames(rgb: np.ndarray, depth: np.ndarray, options: ParallaxOptions,
@@ -173,7 +200,7 @@ def frames(rgb: np.ndarray, depth: np.ndarray, options: ParallaxOptions,
     scale = 1 + 2 * margin / min(height, width)
     canvas_h, canvas_w = round(height * scale), round(width * scale)
     photo = resized(rgb, canvas_h, canvas_w)
-    disparity = relative_disparity(resized(depth, canvas_h, canvas_w))
+    disparity = resized(relative_disparity(depth), canvas_h, canvas_w)  # scaled as given
     warper = Warper(photo, disparity, (height, width),
                     ((canvas_w - width) // 2, (canvas_h - height) // 2), math.ceil(travel) + 1)
     for x, y in camera_path(options.path, FPS * SECONDS):
@@ -194,6 +221,7 @@ def encode_mp4(rgb_frames: Iterator[np.ndarray], fps: int) -> bytes:
     the index in front, which an in-memory output cannot be.
     """
     import av
+    from av.video.reformatter import ColorRange, Colorspace
 
     with tempfile.TemporaryDirectory(prefix="depthfleet-mp4-") as scratch:
         path = Path(scratch) / "parallax.mp4"
@@ -203,8 +231,9 @@ def encode_mp4(rgb_frames: Iterator[np.ndarray], fps: int) -> bytes:
                 if stream is None:
                     stream = _h264_stream(out, rgb.shape[1], rgb.shape[0], fps)
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                out.mux(stream.encode(frame.reformat(format="yuv420p", dst_colorspace="ITU709",
-                                                     dst_color_range="MPEG")))
+                out.mux(stream.encode(frame.reformat(
+                    format="yuv420p", dst_colorspace=Colorspace.ITU709,
+                    dst_color_range=ColorRange.MPEG)))
             if stream is not None:
                 out.mux(stream.encode(None))
         return path.read_bytes()
@@ -212,10 +241,12 @@ def encode_mp4(rgb_frames: Iterator[np.ndarray], fps: int) -> bytes:
 
 def _h264_stream(out: av.container.OutputContainer, width: int, height: int,
                  fps: int) -> av.VideoStream:
+    from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
+
     stream = out.add_stream("libx264", rate=Fraction(fps))
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.options = dict(X264)
-    context = stream.codec_context
-    context.color_range = "MPEG"
-    context.colorspace = context.color_primaries = context.color_trc = "ITU709"
+    context = stream.codec_context  # tagged as converted: BT.709, limited range
+    context.color_range, context.colorspace = ColorRange.MPEG, Colorspace.ITU709
+    context.color_primaries, context.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
     return stream
