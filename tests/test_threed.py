@@ -33,8 +33,10 @@ from depthfleet.shared.artifacts import (ARTIFACTS, COMPACT, FROM_PHOTO, drawing
 from depthfleet.shared.depth import relative_disparity
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.mesh import MeshOptions, grid_shape, render_mesh
+from depthfleet.shared import parallax
 from depthfleet.shared.parallax import (FOCUS, FPS, SECONDS, ParallaxOptions, Warper,
-                                        camera_path, frames, render_parallax, video_size)
+                                        camera_path, fill_holes, frames, render_parallax,
+                                        video_size)
 from depthfleet.api.ingest import parse_options
 from support import poll, running, s3_system, system_env
 
@@ -115,6 +117,36 @@ def test_far_over_near_or_ignoring_depth_would_be_caught() -> None:
     assert red[40:80, 71:89].all()
     # the hole the background left (90..109) shows what is behind it: the square, continued
     assert red[41:79, 91:109].all()
+
+
+@pytest.mark.parametrize("shift", [(9.0, 0.0), (0.0, 9.0), (7.0, -5.0)])
+def test_sparse_and_dense_hole_filling_agree_with_a_plain_search(monkeypatch, shift) -> None:
+    """Holes walked from (few) or filled run by run (many) get what a plain pixel-by-pixel
+    search gives: the largest of the closest filled pixels on each side within reach."""
+    rng = np.random.default_rng(5)
+    depth = cv2.resize(rng.random((6, 8)).astype(np.float32), (64, 48))  # stretches: holes
+    z = Warper(np.zeros((48, 64, 3), np.uint8), relative_disparity(depth), (48, 64)).splat(shift)
+    holes = np.argwhere(z < 0)
+    assert 0 < len(holes) and (z < 0).mean() > parallax.DENSE_HOLES  # dense at first
+    reach, rows, columns = 4, shift[0] != 0, shift[1] != 0
+    expected = z.copy()
+    for y, x in holes:
+        found = [-1.0]
+        for dy, dx, along in ((0, 1, rows), (0, -1, rows), (1, 0, columns), (-1, 0, columns)):
+            for k in range(1, reach + 1) if along else ():
+                yy, xx = y + k * dy, x + k * dx
+                if not (0 <= yy < 48 and 0 <= xx < 64):
+                    break
+                if z[yy, xx] >= 0:
+                    found.append(z[yy, xx])
+                    break
+        expected[y, x] = max(found) if max(found) >= 0 else FOCUS
+    dense = z.copy()
+    fill_holes(dense, reach, columns, rows)
+    monkeypatch.setattr(parallax, "DENSE_HOLES", 1.0)  # everything sparse: walked
+    sparse = z.copy()
+    fill_holes(sparse, reach, columns, rows)
+    assert np.array_equal(dense, expected) and np.array_equal(sparse, expected)
 
 
 def test_a_flat_map_does_not_move() -> None:
