@@ -21,7 +21,7 @@ from depthfleet.api import bodies, services
 from depthfleet.api.uploads import valid_digest
 from depthfleet.shared import ingest, layout, sources
 from depthfleet.shared.archives import ARCHIVE_SNIFF_BYTES, archive_kind
-from depthfleet.shared.artifacts import ARTIFACTS, stored_outputs
+from depthfleet.shared.artifacts import ARTIFACTS, DRAWINGS, drawing_options, stored_outputs
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.imaging.decode import probe
 from depthfleet.shared.jobs import NewItem
@@ -29,6 +29,7 @@ from depthfleet.shared.names import clean_text
 
 MAX_SIDE_LIMIT = 16384
 MAX_NAME_CHARS = 1024
+OPTION_KEYS = {"outputs", "max_side", *(drawing.option for drawing in DRAWINGS.values())}
 
 
 @dataclass
@@ -43,7 +44,8 @@ class JobRequest:
 def parse_options(raw: Any) -> dict[str, Any]:
     """Validate ``options`` (an object, or a JSON string of one from a form field):
     ``outputs`` (artifact names to store; none or empty: the compact set, from which the
-    full-size ones are rendered on read) and ``max_side``. The job keeps what will be stored."""
+    full-size ones are rendered on read), ``max_side``, and the options of the drawn artifacts
+    asked for (``parallax``, ``mesh``). The job keeps what will be stored, defaults filled in."""
     if raw is None or raw == "":
         raw = {}
     if isinstance(raw, str):
@@ -51,8 +53,8 @@ def parse_options(raw: Any) -> dict[str, Any]:
             raw = bodies.loads(raw)
         except ValueError:
             raise InputError("invalid_options", "options must be a JSON object") from None
-    if not isinstance(raw, dict) or set(raw) - {"outputs", "max_side"}:
-        raise InputError("invalid_options", "options may hold only 'outputs' and 'max_side'")
+    if not isinstance(raw, dict) or set(raw) - OPTION_KEYS:
+        raise InputError("invalid_options", f"options may hold only {sorted(OPTION_KEYS)}")
     outputs = raw.get("outputs") or []
     if not isinstance(outputs, list) or \
             not all(isinstance(o, str) and o in ARTIFACTS for o in outputs):
@@ -61,7 +63,11 @@ def parse_options(raw: Any) -> dict[str, Any]:
     if max_side is not None and (not isinstance(max_side, int) or isinstance(max_side, bool)
                                  or not 1 <= max_side <= MAX_SIDE_LIMIT):
         raise InputError("invalid_options", f"max_side must be a whole number 1..{MAX_SIDE_LIMIT}")
-    return {"outputs": list(stored_outputs(outputs)), "max_side": max_side}
+    try:
+        drawn = drawing_options(raw, outputs)
+    except ValueError as exc:
+        raise InputError("invalid_options", str(exc)) from None
+    return {"outputs": list(stored_outputs(outputs)), "max_side": max_side, **drawn}
 
 
 # -- multipart uploads ------------------------------------------------------------------

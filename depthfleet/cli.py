@@ -19,7 +19,8 @@ HINTS = {
 
 OUTPUTS_HELP = {
     "write": "comma list of artifacts to write: the full-size depth_png, depth_pfm, heatmap_png "
-             "(default: these three) or the compact depth_raw, heatmap_preview, thumbnail; "
+             "(default: these three), the compact depth_raw, heatmap_preview, thumbnail, or the "
+             "3D parallax_mp4 (a looping video) and mesh_glb (a textured relief); "
              "depth_raw alone means the whole compact set (a few hundred KB per photo, from "
              "which 'depthfleet render' draws the full-size files later), other names are "
              "written exactly",
@@ -54,13 +55,46 @@ def _add_output_options(parser: argparse.ArgumentParser, outputs_help: str = OUT
                         help=outputs_help)
 
 
+def _add_drawing_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the 3D artifacts (docs/api.md, Artifacts); the defaults are the API's."""
+    parser.add_argument("--parallax-motion", type=float, default=None,
+                        help="parallax_mp4: the nearest pixels' travel relative to the farthest, "
+                             "as a fraction of the longer side, 0..0.1 (default 0.03)")
+    parser.add_argument("--parallax-path", default=None,
+                        help="parallax_mp4: circle (default), horizontal or vertical")
+    parser.add_argument("--mesh-vertices", type=int, default=None,
+                        help="mesh_glb: the vertex budget, 16..1048576 (default 65536)")
+    parser.add_argument("--mesh-relief", type=float, default=None,
+                        help="mesh_glb: the relief's thickness as a fraction of the longer "
+                             "side, 0..1 (default 0.2)")
+
+
+DRAWING_FLAGS = {"parallax": ("motion", "path"), "mesh": ("vertices", "relief")}
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.max_side:
         options["max_side"] = args.max_side
     if args.outputs:
         options["outputs"] = list(args.outputs)
+    for option, keys in DRAWING_FLAGS.items():
+        given = {key: getattr(args, f"{option}_{key}") for key in keys
+                 if getattr(args, f"{option}_{key}", None) is not None}
+        if given:
+            options[option] = given
     return options
+
+
+def _checked_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the command line, with the 3D ones checked as the API checks them."""
+    from depthfleet.shared.artifacts import drawing_options
+
+    options = _options(args)
+    try:
+        return {**options, **drawing_options(options, options.get("outputs", ()))}
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=None)
     _add_output_options(p)
+    _add_drawing_options(p)
 
     p = sub.add_parser("run", help="the whole system on this machine over a folder")
     p.add_argument("dir", type=Path)
@@ -79,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     p.add_argument("--threads", type=int, default=None, help="threads per worker process")
     _add_output_options(p)
+    _add_drawing_options(p)
 
     p = sub.add_parser("submit", help="send files or folders to a running deployment")
     p.add_argument("paths", nargs="+", type=Path)
@@ -89,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(p, OUTPUTS_HELP["write"] + "; also stored by the job beside the compact "
                         "set (not given: the job stores the compact set, and --out gets the "
                         "three full-size files, rendered by the API)")
+    _add_drawing_options(p)
 
     for name, helptext in (("status", "show a job's status"), ("fetch", "download a job's results")):
         p = sub.add_parser(name, help=helptext)
@@ -129,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = _checked_options(parser, args) if hasattr(args, "max_side") else {}
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -139,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
     handler = getattr(commands, args.command.replace("-", "_"))
     try:
-        sys.exit(handler(args, settings, _options(args) if hasattr(args, "max_side") else {}))
+        sys.exit(handler(args, settings, options))
     except DepthFleetError as exc:
         sys.exit(f"depthfleet: {exc.message}{HINTS.get(exc.code, '')}")
     except KeyboardInterrupt:

@@ -50,7 +50,8 @@ def predict(args: argparse.Namespace, settings: Settings, options: dict[str, Any
     from depthfleet.predict import predict as run_predict
 
     failed = run_predict(args.paths, args.out, settings, threads=args.threads or _cores(),
-                         max_side=options.get("max_side"), outputs=options.get("outputs"))
+                         max_side=options.get("max_side"), outputs=options.get("outputs"),
+                         options=options)
     return _summary(args.out, failed, OutputFolder(args.out).failures())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,9 @@ class _Predictor:
     """Renders inputs into an output folder from several threads at once."""
 
     def __init__(self, folder: OutputFolder, estimator: DepthEstimator, settings: Settings,
-                 max_side: int | None, outputs: list[str]) -> None:
+                 max_side: int | None, outputs: list[str], options: Mapping[str, Any]) -> None:
         self.folder, self.estimator, self.settings = folder, estimator, settings
-        self.max_side, self.outputs = max_side, outputs
+        self.max_side, self.outputs, self.options = max_side, outputs, options
         self._manifest_lock = threading.Lock()
 
     def __call__(self, job: tuple[int, Input]) -> bool:
@@ -43,7 +44,7 @@ class _Predictor:
         index, inp = job
         try:
             rendered = render(inp.path.read_bytes(), self.estimator, self.outputs, self.max_side,
-                              self.settings.max_pixels)
+                              self.settings.max_pixels, self.options)
         except InputError as exc:
             self._record(manifest_record(index, inp.name, "failed", error=exc.to_dict()))
             return False
@@ -59,12 +60,14 @@ class _Predictor:
 
 
 def predict(paths: list[Path], out: Path, settings: Settings, threads: int | None = None,
-            max_side: int | None = None, outputs: list[str] | None = None) -> int:
+            max_side: int | None = None, outputs: list[str] | None = None,
+            options: Mapping[str, Any] | None = None) -> int:
     """Process every input not already done in ``out``; returns how many failed this time.
 
     ``threads`` is the number of cores to use (default: all); each image in flight runs the
     model on ``DEPTHFLEET_THREADS`` threads (default 1). Inputs that failed before are tried
-    again; succeeded ones with artifacts on disk are skipped.
+    again; succeeded ones with artifacts on disk are skipped. ``options`` are a job's
+    (``parallax``, ``mesh``: those of the 3D artifacts).
     """
     inputs = find_inputs(paths)
     folder = OutputFolder(out, [inp.name for inp in inputs])
@@ -76,7 +79,7 @@ def predict(paths: list[Path], out: Path, settings: Settings, threads: int | Non
         in_flight = max(1, min(len(todo), (threads or _cores()) // per_image))
         backend = load_backend(settings, per_image, callers=in_flight)
         predictor = _Predictor(folder, DepthEstimator(backend, settings.fast_decode), settings,
-                               max_side, outputs or list(FULL_SIZE))
+                               max_side, outputs or list(FULL_SIZE), options or {})
         with ThreadPoolExecutor(in_flight) as pool, \
                 tqdm(total=len(todo), desc="depth", unit="img", dynamic_ncols=True) as bar:
             for ok in pool.map(predictor, todo):

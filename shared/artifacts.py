@@ -11,17 +11,24 @@ Two kinds:
   ``depthfleet predict`` and ``render``; always by ``render_full_size``, so every path gives
   the same bytes.
 
+And, only when ``options.outputs`` names them, the 3D artifacts **drawn from the photo** and its
+depth (``FROM_PHOTO``: ``parallax.mp4``, ``mesh.glb``), each with its own options object in the
+job's options (``options.parallax``, ``options.mesh``). They need the photo's pixels, so they
+are made where the photo is decoded (a worker, ``predict``) by ``make_from_photo``, and stored.
+
 A new format is one encoder plus one ``ARTIFACTS`` entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
+from depthfleet.shared import mesh, parallax
 from depthfleet.shared.depth import RawDepth
 from depthfleet.shared.imaging.encode import (
     decode_float_tiff,
@@ -35,6 +42,18 @@ from depthfleet.shared.imaging.tiff import encode_float_tiff
 
 PREVIEW_SIDE = 512
 RAW_FORMAT = 1  # meta.json's "raw_format": how depth_raw is to be read and upsampled
+DRAWING_DEPTH_SIDE = parallax.MAX_SIDE  # the depth map the 3D artifacts are drawn from
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """How an artifact drawn from the photo is made: ``draw(rgb, depth, options, max_side)``
+    with the options that ``parse`` reads from ``options[option]`` of a job (``to_dict``,
+    ``token``: the stored form and what names the result folder)."""
+
+    option: str
+    parse: Callable[[object], Any]
+    draw: Callable[[np.ndarray, np.ndarray, Any, int | None], bytes]
 
 
 @dataclass(frozen=True)
@@ -43,17 +62,23 @@ class Artifact:
 
     ``name`` is what ``options.outputs`` and item records say; ``filename`` follows the item's
     stem on disk (``<stem>.depth.png``) and ends the API's artifact URLs. ``encode`` exists for
-    full-size artifacts only: it turns the depth map at the item's size into the file.
+    full-size artifacts only: it turns the depth map at the item's size into the file;
+    ``drawing`` for those drawn from the photo.
     """
 
     name: str
     filename: str
     content_type: str
     encode: Callable[[np.ndarray], bytes | bytearray] | None = None
+    drawing: Drawing | None = None
 
     @property
     def full_size(self) -> bool:
         return self.encode is not None
+
+    @property
+    def compact(self) -> bool:
+        return self.encode is None and self.drawing is None
 
 
 ARTIFACTS: dict[str, Artifact] = {artifact.name: artifact for artifact in (
@@ -63,9 +88,15 @@ ARTIFACTS: dict[str, Artifact] = {artifact.name: artifact for artifact in (
     Artifact("depth_raw", "depth_raw.tiff", "image/tiff"),
     Artifact("heatmap_preview", "heatmap_preview.jpg", "image/jpeg"),
     Artifact("thumbnail", "thumbnail.jpg", "image/jpeg"),
+    Artifact("parallax_mp4", "parallax.mp4", "video/mp4", drawing=Drawing(
+        "parallax", parallax.ParallaxOptions.parse, parallax.render_parallax)),
+    Artifact("mesh_glb", "mesh.glb", "model/gltf-binary", drawing=Drawing(
+        "mesh", mesh.MeshOptions.parse, mesh.render_mesh)),
 )}
 FULL_SIZE = tuple(name for name, spec in ARTIFACTS.items() if spec.full_size)
-COMPACT = tuple(name for name, spec in ARTIFACTS.items() if not spec.full_size)
+COMPACT = tuple(name for name, spec in ARTIFACTS.items() if spec.compact)
+DRAWINGS = {name: spec.drawing for name, spec in ARTIFACTS.items() if spec.drawing}
+FROM_PHOTO = tuple(DRAWINGS)
 BY_FILENAME = {spec.filename: name for name, spec in ARTIFACTS.items()}
 
 
@@ -80,7 +111,8 @@ def check_names(names: Iterable[str]) -> tuple[str, ...]:
 
 def stored_outputs(requested: Iterable[str]) -> tuple[str, ...]:
     """What a worker stores for ``options.outputs``: always the compact set, plus any
-    full-size artifact asked for by name (for users who serve files straight from the bucket)."""
+    full-size artifact asked for by name (for users who serve files straight from the bucket)
+    and any drawn from the photo (made nowhere else)."""
     return check_names([*COMPACT, *requested])
 
 
@@ -95,6 +127,55 @@ def render_full_size(raw: RawDepth, names: Iterable[str], max_side: int | None =
         return {}
     depth = raw.at(max_side) if depth is None else depth
     return {name: ARTIFACTS[name].encode(depth) for name in names}  # type: ignore[misc]
+
+
+def drawing_options(options: Mapping[str, Any], outputs: Iterable[str]) -> dict[str, Any]:
+    """The option objects of the drawn artifacts in ``outputs``, checked, defaults filled in,
+    as a job keeps them (``{"parallax": {"motion": 0.03, "path": "circle"}}``).
+
+    ValueError for a bad value, or for options of an artifact that is not asked for (they
+    would do nothing: a client that sends them surely meant to ask for it).
+    """
+    wanted = set(outputs)
+    checked = {}
+    for name, drawing in DRAWINGS.items():
+        if name in wanted:
+            checked[drawing.option] = drawing.parse(options.get(drawing.option)).to_dict()
+        elif options.get(drawing.option) is not None:
+            raise ValueError(f"options.{drawing.option} applies to {name}, which options.outputs "
+                             "does not name")
+    return checked
+
+
+def stored_names(outputs: Iterable[str], options: Mapping[str, Any]) -> list[str]:
+    """What a result folder's name lists beyond the compact set: the full-size artifacts
+    stored and each drawn one with its options' token (``parallax_mp4-circle0.03``), so
+    results drawn with other options never mix."""
+    names = []
+    for name in check_names(outputs):
+        if name in DRAWINGS:
+            names.append(f"{name}-{_options_of(name, options).token}")
+        elif ARTIFACTS[name].full_size:
+            names.append(name)
+    return names
+
+
+def _options_of(name: str, options: Mapping[str, Any]) -> Any:
+    """The checked options object of drawn artifact ``name`` in a job's ``options``."""
+    drawing = DRAWINGS[name]
+    return drawing.parse(options.get(drawing.option))
+
+
+def make_from_photo(raw: RawDepth, rgb: np.ndarray, names: Iterable[str],
+                    options: Mapping[str, Any], max_side: int | None = None) -> dict[str, bytes]:
+    """The named artifacts drawn from the photo: ``rgb`` upright (perhaps decoded smaller),
+    its depth drawn at the video's size at most (enough for both, and cheap)."""
+    drawn = [name for name in check_names(names) if name in DRAWINGS]
+    if not drawn:
+        return {}
+    depth = raw.at(DRAWING_DEPTH_SIDE if max_side is None else min(DRAWING_DEPTH_SIDE, max_side))
+    return {name: DRAWINGS[name].draw(rgb, depth, _options_of(name, options), max_side)
+            for name in drawn}
 
 
 def make_compact(raw: RawDepth, rgb: np.ndarray, names: Iterable[str]) -> dict[str, bytes]:

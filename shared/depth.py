@@ -60,3 +60,33 @@ def finite_range(depth: np.ndarray) -> tuple[float, float]:
         return low, high
     finite = depth[np.isfinite(depth)]
     return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
+FLAT_RANGE = 1e-3
+
+
+def relative_disparity(depth: np.ndarray) -> np.ndarray:
+    """``depth`` (relative inverse depth: larger is nearer) min-max scaled to float32 0 (the
+    farthest) .. 1 (the nearest), as ``depth.png`` scales it; 0.5 everywhere for a flat map,
+    which says nothing about depth. The 3D artifacts are drawn from this, never from metres:
+    MiDaS gives depth up to an unknown scale and shift.
+
+    Flat means a range within ``FLAT_RANGE`` of the values' size: OpenCV's area averaging
+    leaves up to 6e-4 of error on a constant float map, which min-max scaling would blow up
+    to full depth. (Real depth maps span far more than that.)
+    """
+    low, high = finite_range(depth)
+    if not high - low > FLAT_RANGE * max(abs(low), abs(high)):
+        return np.full(depth.shape, 0.5, np.float32)
+    scaled = (depth.astype(np.float32) - np.float32(low)) * np.float32(1 / (high - low))
+    return np.nan_to_num(np.clip(scaled, 0, 1, out=scaled), copy=False, nan=0.0)
+
+
+def resized(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A photo or depth map at (height, width), for the 3D artifacts: area-averaged when
+    shrinking (no aliasing of fine detail or depth noise), bilinear when growing."""
+    if pixels.shape[:2] == (height, width):
+        return pixels
+    shrinking = height * width < pixels.shape[0] * pixels.shape[1]
+    return cv2.resize(pixels, (width, height),
+                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -36,13 +36,15 @@ def result_meta_key(prefix: str) -> str:
     return f"{prefix}/meta.json"
 
 
-def variant(weights_sha256: str, max_side: int | None, full_size: Sequence[str] = ()) -> str:
+def variant(weights_sha256: str, max_side: int | None, stored: Sequence[str] = ()) -> str:
     """Results depend on the weights, on the output size cap (the depth range in meta.json is
-    that of the map at that size) and on which full-size artifacts are stored beside the
-    compact ones, so folders with different stored sets never mix: ``w<sha>-full-raw``,
-    ``w<sha>-max640-raw+depth_png``. (Before compact results: ``w<sha>-full``, still read.)"""
+    that of the map at that size) and on which artifacts are stored beside the compact ones
+    (``artifacts.stored_names``: drawn ones with their options), so folders with different
+    stored sets never mix: ``w<sha>-full-raw``, ``w<sha>-max640-raw+depth_png``,
+    ``w<sha>-full-raw+parallax_mp4-circle0.03``. (Before compact results: ``w<sha>-full``,
+    still read.)"""
     size = "full" if max_side is None else f"max{max_side}"
-    return f"w{weights_sha256[:16]}-{size}-raw" + "".join(f"+{name}" for name in full_size)
+    return f"w{weights_sha256[:16]}-{size}-raw" + "".join(f"+{name}" for name in stored)
 
 
 def render_key(depth_raw_key: str, size: tuple[int, int], filename: str) -> str:

@@ -52,6 +52,8 @@ def test_catalog_names_filenames_and_kinds() -> None:
         ("depth_raw", "depth_raw.tiff", "image/tiff", False),
         ("heatmap_preview", "heatmap_preview.jpg", "image/jpeg", False),
         ("thumbnail", "thumbnail.jpg", "image/jpeg", False),
+        ("parallax_mp4", "parallax.mp4", "video/mp4", False),
+        ("mesh_glb", "mesh.glb", "model/gltf-binary", False),
     }
     assert FULL_SIZE == ("depth_png", "depth_pfm", "heatmap_png")
     assert COMPACT == ("depth_raw", "heatmap_preview", "thumbnail")

@@ -24,7 +24,7 @@ import redis
 from celery import Task
 
 from depthfleet.shared import layout
-from depthfleet.shared.artifacts import ARTIFACTS, FULL_SIZE, result_meta, stored_outputs
+from depthfleet.shared.artifacts import ARTIFACTS, result_meta, stored_names, stored_outputs
 from depthfleet.shared.errors import InputError
 from depthfleet.shared.jobs import JobStatus
 from depthfleet.shared.metrics import count_item, observe_stage
@@ -155,22 +155,21 @@ def _read_source(rt: Runtime, source: str) -> bytes:
 def _produce(rt: Runtime, tenant: str, source: str, options: dict[str, Any]) -> dict[str, Any]:
     """Reuse the tenant's existing result for these bytes, or compute and store it.
 
-    Stored: the compact set, plus the full-size artifacts ``options.outputs`` names; the API
-    renders the others on read from ``depth_raw``.
+    Stored: the compact set, plus the full-size and drawn artifacts ``options.outputs`` names;
+    the API renders the other full-size ones on read from ``depth_raw``.
     """
     data = _read_source(rt, source)
     sha = hashlib.sha256(data).hexdigest()
     max_side = options.get("max_side")
     outputs = list(stored_outputs(options.get("outputs") or ()))
-    full_size = [name for name in outputs if name in FULL_SIZE]
-    prefix = layout.result_prefix(tenant, sha,
-                                  layout.variant(rt.weights_sha256, max_side, full_size))
-    meta, reused = _result_once(rt, data, prefix, outputs, max_side)
+    prefix = layout.result_prefix(tenant, sha, layout.variant(
+        rt.weights_sha256, max_side, stored_names(outputs, options)))
+    meta, reused = _result_once(rt, data, prefix, outputs, options)
     return {**{field: meta[field] for field in RECORD_FIELDS}, "sha256": sha, "reused": reused}
 
 
 def _result_once(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
-                 max_side: int | None) -> tuple[dict[str, Any], bool]:
+                 options: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """The stored result (reused), else one computed here under the prefix's render lock.
 
     While another process holds the lock we wait for its result; if the lock lapses without
@@ -188,9 +187,9 @@ def _result_once(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
                 meta = _existing_result(rt, prefix, outputs)  # finished while we asked?
                 if meta is not None:
                     return meta, True
-                return _compute(rt, data, prefix, outputs, max_side), False
+                return _compute(rt, data, prefix, outputs, options), False
         if time.monotonic() >= deadline:
-            return _compute(rt, data, prefix, outputs, max_side), False
+            return _compute(rt, data, prefix, outputs, options), False
         while rt.store.lock_held(f"render:{prefix}") and time.monotonic() < deadline:
             time.sleep(0.2)
 
@@ -209,8 +208,9 @@ def _existing_result(rt: Runtime, prefix: str, outputs: list[str]) -> dict[str, 
 
 
 def _compute(rt: Runtime, data: bytes, prefix: str, outputs: list[str],
-             max_side: int | None) -> dict[str, Any]:
-    rendered = render(data, rt.estimator, outputs, max_side, rt.settings.max_pixels)
+             options: dict[str, Any]) -> dict[str, Any]:
+    rendered = render(data, rt.estimator, outputs, options.get("max_side"),
+                      rt.settings.max_pixels, options)
     rt.store.count_model_run()
     artifacts = {}
     with observe_stage("storage"):

@@ -15,6 +15,8 @@ const DOWNLOADS = [
   ["depth_pfm", "Depth PFM (float32)", "depth.pfm"],
   ["heatmap_png", "Heatmap PNG", "heatmap.png"],
   ["depth_raw", "Network output, float32 TIFF", "depth_raw.tiff"],
+  ["parallax_mp4", "Parallax video (MP4)", "parallax.mp4"],
+  ["mesh_glb", "3D relief mesh (glTF .glb)", "mesh.glb"],
 ];
 // The larger heatmap: as large as the screen shows it, never more than a 4 MP render.
 const ZOOM_MAX_SIDE = 2048;
