@@ -177,8 +177,8 @@ def fill_holes(z: np.ndarray, reach: int, columns: bool = True, rows: bool = Tru
     else:
         found = np.full(len(where), -1.0, np.float32)
         width = z.shape[1]
-        for step, along in ((1, rows), (-1, rows), (width, columns), (-width, columns)):
-            if along:
+        for step, wanted in ((1, rows), (-1, rows), (width, columns), (-width, columns)):
+            if wanted:
                 _nearest_filled(flat, holes, where, step, reach, width, found)
     found[found < 0] = FOCUS
     flat[where] = found
