@@ -13,6 +13,9 @@ S3 over HTTP) with two tenants shows that:
 4. signed ``links`` open without an API key (``?download=1`` names the file after the photo)
    and nothing else does;
 5. a 2,500-item job's results.zip streams with flat API memory.
+
+About 5 minutes on 2 cores: the workers take ~2 of them for the 2,500 items (25 computed,
+the rest reused), and reading 10,000 objects back from moto for the ZIP ~2 more.
 """
 
 from __future__ import annotations
