@@ -19,8 +19,8 @@ HINTS = {
 
 OUTPUTS_HELP = {
     "write": "comma list of artifacts to write: the full-size depth_png, depth_pfm, heatmap_png "
-             "(default: these three), the compact depth_raw, heatmap_preview, thumbnail, or the "
-             "3D parallax_mp4 (a looping video) and mesh_glb (a textured relief); "
+             "(default: these three), the compact depth_raw, heatmap_preview, thumbnail, photo, "
+             "or the 3D parallax_mp4 (a looping video) and mesh_glb (a textured relief); "
              "depth_raw alone means the whole compact set (a few hundred KB per photo, from "
              "which 'depthfleet render' draws the full-size files later), other names are "
              "written exactly",
