@@ -51,9 +51,9 @@ def signed_tenant() -> str | None:
         return None
     key = _link_key()
     tenant, expires = request.args.get("tenant", ""), request.args.get("expires", "")
-    valid = key is not None and expires.isascii() and expires.isdigit() and len(expires) < 16
-    if not valid or not hmac.compare_digest(_signature(key, tenant, request.path, int(expires)),
-                                            request.args.get("sig", "")):
+    well_formed = expires.isascii() and expires.isdigit() and len(expires) < 16
+    if key is None or not well_formed or not hmac.compare_digest(
+            _signature(key, tenant, request.path, int(expires)), request.args.get("sig", "")):
         raise LinkError("invalid_link", "this link is not valid; ask the API for a new one")
     if int(expires) < time.time():
         raise LinkError("link_expired", "this link has expired (links last "
