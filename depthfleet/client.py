@@ -8,6 +8,7 @@ are content-addressed and job creation carries an idempotency key.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,15 +63,21 @@ class Client:
         return response
 
     # -- jobs ---------------------------------------------------------------------------
-    def submit_files(self, paths: list[Path], options: dict[str, Any] | None = None) -> dict:
-        """One multipart request with every file (images or archives)."""
+    def submit_files(self, paths: list[Path], options: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> dict:
+        """One multipart request with every file (images or archives), under an
+        Idempotency-Key (see ``submit_json``)."""
         files = [("file", (p.name, p.read_bytes())) for p in paths]
         data = {"options": _json(options)} if options else None
-        return self._request("POST", "/v1/jobs", files=files, data=data).json()
+        return self._request("POST", "/v1/jobs", files=files, data=data,
+                             headers=_idempotency(idempotency_key)).json()
 
     def submit_json(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._request("POST", "/v1/jobs", json=body, headers=headers).json()
+        """Create a job. The request always carries an Idempotency-Key (a new one unless
+        given), so that our own retry of a request whose answer was lost (the API restarted
+        mid-submit) gets the job it created back, never a second job."""
+        return self._request("POST", "/v1/jobs", json=body,
+                             headers=_idempotency(idempotency_key)).json()
 
     def status(self, job_id: str) -> dict:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
@@ -130,6 +137,10 @@ class Client:
             for path in pool.map(one, files):
                 if on_done:
                     on_done(path)
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 
 def _json(value: Any) -> str:

@@ -51,10 +51,13 @@ class System:
                    self.api)
 
     def start_worker(self, concurrency: int = 1, threads: int = 1,
-                     extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                     extra_env: dict[str, str] | None = None,
+                     prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A ``depthfleet worker``; ``prefix`` runs it under e.g. ``ip netns exec HOST`` (which
+        execs it: the process keeps its pid and group)."""
         env = {**self.env, **(extra_env or {})}
         n = len(self.workers)
-        proc = _spawn([sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency",
+        proc = _spawn([*prefix, sys.executable, "-m", "depthfleet.cli", "worker", "--concurrency",
                        str(concurrency), "--threads", str(threads)], env,
                       self.log_dir / f"worker-{n}.log")
         self.workers.append(proc)
