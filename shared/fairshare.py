@@ -153,8 +153,24 @@ class FairShare:
 
     def forget_job(self, tenant: str, job_id: str) -> int:
         """Drop the job's tokens (its tasks are known lost); returns how many were dropped."""
-        tokens = [t for t in self.redis.zrange(self._inflight(tenant), 0, -1)
-                  if t.decode().rsplit(":", 1)[0] == job_id]
+        return self._drop(tenant, [f"{job_id}:{first}" for first in self._firsts(tenant, job_id)])
+
+    def forget_tasks(self, tenant: str, job_id: str, indexes: list[int]) -> int:
+        """Drop the tokens of the job's released tasks that held ``indexes``, items whose
+        leases lapsed: their host is gone (or cut off), and so are their window slots. Kept,
+        they would hold the tenant's window for 10 lease periods while the hosts left idle.
+        A task holds the items from its token's first index on."""
+        firsts = self._firsts(tenant, job_id)
+        held = {max(f for f in firsts if f <= i) for i in indexes if firsts and firsts[0] <= i}
+        return self._drop(tenant, [f"{job_id}:{first}" for first in held])
+
+    def _firsts(self, tenant: str, job_id: str) -> list[int]:
+        """First indexes of the job's released tasks still in flight, in order."""
+        tokens = self.redis.zrange(self._inflight(tenant), 0, -1)
+        pairs = (token.decode().rsplit(":", 1) for token in tokens)
+        return sorted(int(first) for job, first in pairs if job == job_id)
+
+    def _drop(self, tenant: str, tokens: list[str]) -> int:
         return int(self.redis.zrem(self._inflight(tenant), *tokens)) if tokens else 0
 
     def tenants(self) -> list[str]:

@@ -138,6 +138,7 @@ return 0
 # An item's start, in one round trip: the job's cancel flag, the move to running (queued, or
 # running with a lapsed lease: a redelivered task) with its lease, and the record the worker
 # needs. A cancelled job's queued item is cancelled instead; a finished one is left alone.
+# ARGV[6]: who starts it (host:pid, kept in the record as ``worker``).
 # Returns {'started', record}, {'cancelled'} (this call cancelled it) or {'skipped'}.
 _START_LUA = _MOVE_LUA + """
 local item = load_item()
@@ -149,6 +150,7 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
 end
 if not is_pending(item.status) then return {'skipped'} end
 item.started_at = now
+item.worker = ARGV[6]
 return {'started', move(item, 'running')}
 """
 
@@ -535,11 +537,13 @@ class JobStore:
         return self._item_script(self._transition_script, job_id, index, 0,
                                  ",".join(allowed), new, _dumps(patch or {})) == 1
 
-    def begin_item(self, job_id: str, index: int, lease_seconds: float) -> ItemStart:
+    def begin_item(self, job_id: str, index: int, lease_seconds: float,
+                   worker: str = "") -> ItemStart:
         """An item's start in one round trip: queued (or running with a lapsed lease: a
         redelivered task) -> running, leased, its record returned; if the job is cancelled,
-        a queued item is cancelled instead. A finished item is left alone."""
-        reply = self._item_script(self._start_script, job_id, index, lease_seconds)
+        a queued item is cancelled instead. A finished item is left alone. ``worker``
+        (host:pid) is recorded: which host an item runs or last ran on."""
+        reply = self._item_script(self._start_script, job_id, index, lease_seconds, worker)
         outcome = reply[0].decode()
         if outcome == "started":
             return ItemStart(item=json.loads(reply[1]))
@@ -720,6 +724,7 @@ def _new_record(index: int, item: NewItem) -> dict[str, Any]:
         "source": item.source, "sha256": item.sha256, "size": item.size,
         "error": item.error, "retryable": False, "width": None, "height": None,
         "depth_min": None, "depth_max": None, "artifacts": {}, "reused": False,
+        "worker": None,
     }
 
 

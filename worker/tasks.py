@@ -114,7 +114,7 @@ def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
 
 def _process_item(rt: Runtime, job_id: str, index: int, tenant: str,
                   options: dict[str, Any]) -> int:
-    start = rt.store.begin_item(job_id, index, rt.settings.lease_seconds)
+    start = rt.store.begin_item(job_id, index, rt.settings.lease_seconds, rt.name)
     count_item("cancelled", start.cancelled)
     if start.item is None:
         return 0  # cancelled, or finished by an earlier delivery of this task

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from depthfleet.client import Client
 from depthfleet.shared.artifacts import ARTIFACTS, COMPACT
-from faults.faultkit import Deployment, all_items, wait_for_pool
+from faults.faultkit import Deployment, all_items, wait_finished, wait_for_pool
 from multihost.netns import Host, Network, Service
 
 REDIS_PORT = 6379
@@ -106,16 +107,51 @@ def on_host(host: Host) -> tuple[str, ...]:
             f'hostname {host.name} && exec "$@"', host.name)
 
 
-def wait_finished_quietly(fleet: Fleet, job_id: str, settle: float) -> dict[str, Any]:
-    """The job's status and item records, once nothing changed for ``settle`` seconds: late
-    writes of a host that came back must not move anything after the job finished."""
-    client = fleet.client()
-    status, items = client.status(job_id), all_items(client, job_id)
-    time.sleep(settle)
-    assert client.status(job_id) == status
-    moved = [(old, new) for old, new in zip(items, all_items(client, job_id)) if old != new]
+def job_state(fleet: Fleet, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The job's status and every item's record as stored (times and worker included), to
+    compare before and after late writes."""
+    status = fleet.client().status(job_id)
+    return status, fleet.store.items(job_id, 0, status["total"])
+
+
+def assert_unchanged(fleet: Fleet, job_id: str, before: tuple[dict, list[dict]]) -> None:
+    """Nothing moved since ``before`` (a finished job): no count, no record, no state."""
+    status, items = job_state(fleet, job_id)
+    assert status == before[0]
+    moved = [(old, new) for old, new in zip(before[1], items) if old != new]
     assert not moved, f"items changed after the job finished: {moved}"
-    return status
+
+
+def mid_item(fleet: Fleet, host_name: str, job_id: str, fault: Callable[[], None],
+             timeout: float = 60) -> dict[str, Any]:
+    """Apply ``fault`` at a moment the host is running an item of the job, and return that
+    item's record. The host's pool process is frozen (SIGSTOP) while the records are read,
+    so the moment is certain, not a race with a 0.1 s item."""
+    pool = wait_for_pool(fleet.workers[host_name], 1)[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        os.kill(pool, signal.SIGSTOP)
+        try:
+            running = [item for item in job_state(fleet, job_id)[1]
+                       if item["status"] == "running"
+                       and (item.get("worker") or "").startswith(f"{host_name}:")]
+            if running:
+                fault()
+                return running[0]
+        finally:
+            os.kill(pool, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"{host_name} ran no item of the job within {timeout:.0f}s")
+
+
+def wait_finished_quietly(fleet: Fleet, job_id: str, settle: float) -> dict[str, Any]:
+    """The finished job's status, once nothing changed for ``settle`` seconds: late writes
+    of a host that came back must not move anything after the job finished."""
+    wait_finished(fleet.client(), job_id)
+    before = job_state(fleet, job_id)
+    time.sleep(settle)
+    assert_unchanged(fleet, job_id, before)
+    return before[0]
 
 
 def seconds_until_finished(client: Client, job_id: str, limit: float) -> float | None:

@@ -13,35 +13,53 @@ import time
 
 import pytest
 
+from depthfleet.local import wait_until
+from depthfleet.shared.jobs import TERMINAL
 from faults.faultkit import assert_each_item_once, wait_finished, wait_progress
-from multihost.fleet import (LEASE, assert_matches_predict, seconds_until_finished,
-                             wait_finished_quietly)
+from multihost.fleet import (LEASE, assert_matches_predict, job_state, mid_item,
+                             seconds_until_finished)
 
 pytestmark = pytest.mark.multihost
+
+PARTITION_BATCH = 24  # w2 alone finishes it well within the partition: w1 comes back late
 
 
 def test_a_host_cut_off_for_twice_the_lease_changes_nothing_when_it_returns(
         fleet_factory, photos, predicted):
+    batch = photos[:PARTITION_BATCH]
     fleet = fleet_factory()
     client = fleet.client()
-    job_id = client.submit_files(photos)["id"]
+    job_id = client.submit_files(batch)["id"]
     wait_progress(client, job_id, 4)
 
-    fleet.network.partition("w1")
+    held = mid_item(fleet, "w1", job_id, lambda: fleet.network.partition("w1"))
     cut = time.monotonic()
-    assert client.status(job_id)["pending"] > 0, "the partition must land mid-batch"
-    recovered = seconds_until_finished(client, job_id, 2 * LEASE)  # w2 alone, w1 still away
+    recovered = seconds_until_finished(client, job_id, 2 * LEASE)  # by w2 alone, if it can
     time.sleep(max(0.0, cut + 2 * LEASE - time.monotonic()))
+    at_heal, tasks_done = job_state(fleet, job_id)[1], w1_tasks_done(fleet)
     fleet.network.heal("w1")
 
-    wait_finished(client, job_id, timeout=180)
-    wait_finished_quietly(fleet, job_id, settle=LEASE)  # w1's late writes land meanwhile
-    stats = assert_each_item_once(fleet, client, job_id, len(photos), extra_runs=2)
-    assert stats["reclaimed"] >= 1, f"w1 held nothing when it was cut off: {stats}"
+    wait_until(lambda: w1_tasks_done(fleet) > tasks_done, "w1's task it was cut off in", 60)
+    wait_finished(client, job_id)
+    time.sleep(LEASE)  # the rest of what w1 held when it was cut off
+    now = job_state(fleet, job_id)[1]
+    moved = [(old, new) for old, new in zip(at_heal, now)
+             if old["status"] in TERMINAL and old != new]
+    assert not moved, f"late writes moved finished items: {moved}"
+    stats = assert_each_item_once(fleet, client, job_id, len(batch), extra_runs=2)
+    assert stats["reclaimed"] == 1, stats  # the item w1 ran; its task's others were queued
+    assert now[held["index"]]["worker"].startswith("w2:"), now[held["index"]]
     assert_matches_predict(fleet, job_id, predicted)
+    assert "changes nothing" in fleet.log("w1"), "w1's result for the item it held"
     assert fleet.workers["w1"].poll() is None, "w1 must ride out the partition"
     assert "items whose leases lapsed" in fleet.log("w2")
-    late = fleet.log("w1").count("changes nothing")
-    print(f"\nw1 partitioned {2 * LEASE}s: the batch was done "
-          f"{recovered if recovered is None else round(recovered, 1)}s after the cut, w1 "
-          f"still away; {late} late results of w1 changed nothing; {stats}")
+    print(f"\nw1 partitioned {2 * LEASE}s: w2 alone finished the batch "
+          f"{'later' if recovered is None else f'{recovered:.1f}s after the cut'}; "
+          f"{fleet.log('w1').count('changes nothing')} late results of w1 changed nothing; "
+          f"{stats}")
+
+
+def w1_tasks_done(fleet) -> int:
+    """Tasks w1's worker is done with (succeeded, failed or retried), by its log."""
+    return sum(1 for line in fleet.log("w1").splitlines()
+               if "Task depthfleet.process_items[" in line and "] received" not in line)
