@@ -139,7 +139,8 @@ def mid_item(fleet: Fleet, host_name: str, job_id: str, fault: Callable[[], None
                 fault()
                 return running[0]
         finally:
-            os.kill(pool, signal.SIGCONT)
+            with suppress(ProcessLookupError):  # the fault may have been its death
+                os.kill(pool, signal.SIGCONT)
         time.sleep(0.02)
     raise AssertionError(f"{host_name} ran no item of the job within {timeout:.0f}s")
 

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from faults.faultkit import all_items, assert_each_item_once, wait_finished, wait_progress
-from multihost.fleet import LEASE, assert_matches_predict, wait_finished_quietly
+from multihost.fleet import LEASE, assert_matches_predict, mid_item, wait_finished_quietly
 
 pytestmark = pytest.mark.multihost
 
@@ -33,14 +33,14 @@ LONG = {"redis": 25.0, "s3": 30.0}  # past redis-py's ~9 s of backoff; past 2 at
 
 
 def cut_w1(fleet_factory, photos, service: str, seconds: float, reject: bool):
-    """Submit the batch, cut ``service`` from w1 mid-batch for ``seconds``, heal; returns
-    (fleet, client, job id, seconds from the heal to the job's end)."""
+    """Submit the batch, cut ``service`` from w1 while it runs an item, for ``seconds``,
+    heal; returns (fleet, client, job id, seconds from the heal to the job's end)."""
     fleet = fleet_factory(DEPTHFLEET_STORAGE_RETRIES=RETRIES)
     client = fleet.client()
     job_id = client.submit_files(photos)["id"]
     wait_progress(client, job_id, 4)
-    fleet.network.cut("w1", fleet.service(service), reject=reject)
-    assert client.status(job_id)["pending"] > 0, "the cut must land mid-batch"
+    mid_item(fleet, "w1", job_id, lambda: fleet.network.cut("w1", fleet.service(service),
+                                                            reject=reject))
     time.sleep(seconds)
     fleet.network.heal("w1")
     healed = time.monotonic()
