@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depthfleet.client import Client
 from depthfleet.shared.artifacts import ARTIFACTS, COMPACT
+from depthfleet.shared.jobs import TERMINAL
 from faults.faultkit import Deployment, all_items, wait_finished, wait_for_pool
 from multihost.netns import Host, Network, Service
 
@@ -155,15 +155,19 @@ def wait_finished_quietly(fleet: Fleet, job_id: str, settle: float) -> dict[str,
     return before[0]
 
 
-def seconds_until_finished(client: Client, job_id: str, limit: float) -> float | None:
-    """How long the job took to finish from now, if it did within ``limit`` seconds."""
+def seconds_until(check: Callable[[], bool], limit: float) -> float | None:
+    """How long from now until ``check()`` held, if it did within ``limit`` seconds."""
     start = time.monotonic()
     while time.monotonic() - start < limit:
-        status = client.status(job_id)
-        if status["pending"] == 0 and not status["ingesting"]:
+        if check():
             return time.monotonic() - start
-        time.sleep(0.2)
+        time.sleep(0.1)
     return None
+
+
+def item_finished(fleet: Fleet, job_id: str, index: int) -> bool:
+    item = fleet.store.item(job_id, index)
+    return item is not None and item["status"] in TERMINAL
 
 
 # -- depthfleet predict as the reference ------------------------------------------------------
