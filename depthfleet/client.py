@@ -235,18 +235,20 @@ class Client:
         return Job(self, self.submit_json({"source": prefix,
                                            "options": _options(outputs, max_side)}))
 
-    def submit_files(self, paths: list[Path], options: dict[str, Any] | None = None) -> JobInfo:
-        """One multipart request with every file (images or archives, sent whole)."""
+    def submit_files(self, paths: list[Path], options: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None) -> JobInfo:
+        """One multipart request with every file (images or archives, sent whole), under an
+        Idempotency-Key like ``submit_json``."""
         files = [("file", (p.name, p.read_bytes())) for p in paths]
         data = {"options": json.dumps(options)} if options else None
-        return self._request("POST", "/v1/jobs", files=files, data=data).json()
+        return self._request("POST", "/v1/jobs", files=files, data=data,
+                             headers=_idempotency(idempotency_key)).json()
 
     def submit_json(self, body: dict[str, Any], idempotency_key: str | None = None) -> JobInfo:
         """``POST /v1/jobs`` with a JSON body. Always idempotent: a retried request (the
         connection dropped before the answer, say) returns the job the first one made."""
-        key = idempotency_key or uuid.uuid4().hex
         return self._request("POST", "/v1/jobs", json=body,
-                             headers={"Idempotency-Key": key}).json()
+                             headers=_idempotency(idempotency_key)).json()
 
     # -- following a job ----------------------------------------------------------------
     def job(self, job_id: str) -> Job:
@@ -376,6 +378,11 @@ class Client:
             self.upload_many([(data, digest) for digest, data in todo], workers,
                              on_done=lambda _: bar.update(1), upload=upload)
         return refused
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    """The header that makes a job creation safe to repeat: the caller's key, else a new one."""
+    return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 
 @dataclass(frozen=True)

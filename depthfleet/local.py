@@ -148,18 +148,20 @@ def stop_together(procs: list[subprocess.Popen], grace: float = 20.0) -> None:
             proc.wait()
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
+def start_redis(data_dir: Path, port: int | None = None,
+                host: str = "127.0.0.1") -> tuple[str, subprocess.Popen]:
     """A Redis server persisting to an append-only file in ``data_dir`` (fsync every second),
-    refusing writes rather than evicting when full; on ``port`` or a free one."""
+    refusing writes rather than evicting when full; on ``host``:``port`` (default: a free
+    loopback port)."""
     import redis
 
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc = _spawn([redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
+    proc = _spawn([redis_server_binary(), "--bind", host, "--port", str(port),
                    "--dir", str(data_dir), "--save", "", "--appendonly", "yes",
                    "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"],
                   dict(os.environ), data_dir / "redis.log")
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://{host}:{port}/0"
     wait_until(lambda: redis.Redis.from_url(url).ping(), "Redis", 20, proc)
     return url, proc
 

@@ -25,6 +25,7 @@ Keys (besides the job hash fields ``stored``, ``released`` and ``ingesting``):
   df:share:{t}:ring          list   the tenant's job ids with items left to release
   df:share:{t}:inflight      zset   "{job}:{first index}" -> lapse time of released tasks
   df:fleet                   zset   worker name -> heartbeat expiry
+(both times by Redis's clock, ``TIME``: hosts' clocks may disagree by minutes)
   df:fleet:processes         hash   worker name -> pool processes
 """
 
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 import redis
 
-from depthfleet.shared.jobs import JobStore
+from depthfleet.shared.jobs import SERVER_NOW_LUA, JobStore
 
 TAIL_TASKS = 4  # a job's last 4 tasks' worth of items go one per task: no idle worker at the end
 MIN_WINDOW = 2
@@ -44,13 +45,13 @@ WINDOW_PER_PROCESS = 2
 FLEET_CACHE_SECONDS = 5.0
 
 # Release up to the tenant's free window, taking jobs from its ring in turn.
-# KEYS: ring, inflight, tenants set. ARGV: window, per task, tail tasks, now, token lapse
-# seconds, job key prefix, tenant.
+# KEYS: ring, inflight, tenants set. ARGV: window, per task, tail tasks, token lapse seconds,
+# job key prefix, tenant. Token lapse times are by Redis's clock.
 # Returns a flat list: job id, first index, count, job id, first index, count, ...
-_RELEASE_LUA = """
+_RELEASE_LUA = SERVER_NOW_LUA + """
 local ring, inflight = KEYS[1], KEYS[2]
 local window, per_task, tail = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now, lapse, prefix = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now, lapse, prefix = server_now(), tonumber(ARGV[4]), ARGV[5]
 redis.call('ZREMRANGEBYSCORE', inflight, '-inf', now)
 local free = window - redis.call('ZCARD', inflight)
 if window < 0 then free = 1e9 end
@@ -81,7 +82,7 @@ while free > 0 do
     idle = 0
   end
 end
-if redis.call('LLEN', ring) == 0 then redis.call('SREM', KEYS[3], ARGV[7]) end
+if redis.call('LLEN', ring) == 0 then redis.call('SREM', KEYS[3], ARGV[6]) end
 return out
 """
 
@@ -141,7 +142,7 @@ class FairShare:
         """Release as many tasks as the tenant's window has room for (the caller sends them)."""
         flat = self._release_script(
             keys=[self._ring(tenant), self._inflight(tenant), self._TENANTS],
-            args=[self.effective_window(), self.per_task, TAIL_TASKS, time.time(),
+            args=[self.effective_window(), self.per_task, TAIL_TASKS,
                   self.lapse_seconds, JobStore.job_key(""), tenant])
         return [Release(flat[i].decode(), int(flat[i + 1]), int(flat[i + 2]))
                 for i in range(0, len(flat), 3)]
@@ -152,8 +153,24 @@ class FairShare:
 
     def forget_job(self, tenant: str, job_id: str) -> int:
         """Drop the job's tokens (its tasks are known lost); returns how many were dropped."""
-        tokens = [t for t in self.redis.zrange(self._inflight(tenant), 0, -1)
-                  if t.decode().rsplit(":", 1)[0] == job_id]
+        return self._drop(tenant, [f"{job_id}:{first}" for first in self._firsts(tenant, job_id)])
+
+    def forget_tasks(self, tenant: str, job_id: str, indexes: list[int]) -> int:
+        """Drop the tokens of the job's released tasks that held ``indexes``, items whose
+        leases lapsed: their host is gone (or cut off), and so are their window slots. Kept,
+        they would hold the tenant's window for 10 lease periods while the hosts left idle.
+        A task holds the items from its token's first index on."""
+        firsts = self._firsts(tenant, job_id)
+        held = {max(f for f in firsts if f <= i) for i in indexes if firsts and firsts[0] <= i}
+        return self._drop(tenant, [f"{job_id}:{first}" for first in held])
+
+    def _firsts(self, tenant: str, job_id: str) -> list[int]:
+        """First indexes of the job's released tasks still in flight, in order."""
+        tokens = self.redis.zrange(self._inflight(tenant), 0, -1)
+        pairs = (token.decode().rsplit(":", 1) for token in tokens)
+        return sorted(int(first) for job, first in pairs if job == job_id)
+
+    def _drop(self, tenant: str, tokens: list[str]) -> int:
         return int(self.redis.zrem(self._inflight(tenant), *tokens)) if tokens else 0
 
     def tenants(self) -> list[str]:
@@ -162,9 +179,10 @@ class FairShare:
 
     # -- the fleet ----------------------------------------------------------------------
     def heartbeat(self, worker: str, processes: int, ttl_seconds: float) -> None:
-        """A worker announces its pool size until ``ttl_seconds`` from now."""
+        """A worker announces its pool size until ``ttl_seconds`` from now (Redis's clock)."""
+        expiry = self.store.server_time() + ttl_seconds
         pipe = self.redis.pipeline()
-        pipe.zadd(self._FLEET, {worker: time.time() + ttl_seconds})
+        pipe.zadd(self._FLEET, {worker: expiry})
         pipe.hset(self._FLEET_PROCESSES, worker, processes)
         pipe.execute()
 
@@ -179,7 +197,7 @@ class FairShare:
         cached_at, value = self._fleet_cache
         if time.monotonic() - cached_at < FLEET_CACHE_SECONDS:
             return value
-        live = self.redis.zrangebyscore(self._FLEET, time.time(), "+inf")
+        live = self.redis.zrangebyscore(self._FLEET, self.store.server_time(), "+inf")
         counts = self.redis.hmget(self._FLEET_PROCESSES, live) if live else []
         value = sum(int(c or 0) for c in counts)
         self._fleet_cache = (time.monotonic(), value)

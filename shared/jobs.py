@@ -20,7 +20,9 @@ Keys (all expire ``job_ttl_days`` after the job's last change):
   df:tenant-stats:{t}  hash   the tenant's pending items (its quota)
   df:tenant:{t}:uploads zset  sha256 -> when the tenant last stored those bytes (uploads/check)
   df:leases            zset   "{id}:{index}" -> lease expiry of items a live task holds (running,
-                              or queued in a running or retrying task): the reaper's view
+                              or queued in a running or retrying task): the reaper's view. Every
+                              expiry is Redis's own clock (``TIME`` in the scripts), never a
+                              host's, so hosts whose clocks drift still agree on what lapsed
   df:stats             hash   global counters: pending items (backpressure), model runs
   df:idem:{t}:{sha256 of key}  string  the job created by a request with that Idempotency-Key
   df:lock:{name}       string short-lived, renewable lock (one process computes a deduplicated
@@ -46,12 +48,25 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 STATES = ("queued", "running", *TERMINAL)
 WRITE_CHUNK = 1000
 
+# Redis's clock, read inside a script: the one clock that leases, the reaper and every
+# ``updated_at`` are measured by. Worker hosts' clocks drift (minutes, on a fleet without
+# NTP); a lease written as "my time + 60 s" by a host 5 minutes behind would look lapsed to
+# every other host at once (a reclaim storm), one 5 minutes ahead would hold a dead worker's
+# items for 5 minutes. Redis >= 5 replicates scripts by effects, so TIME may precede writes.
+SERVER_NOW_LUA = """
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
+
 # The one item move, shared by every script that changes an item (Lua text prepended to
-# each). KEYS: job hash, items hash, leases zset, stats hash. ARGV[1..6]: index, now, lease
-# expiry, lease member, ttl seconds, tenant stats key prefix. ``move`` stores the item in its
-# new state and moves the job's, the tenant's and the fleet's counters and the item's lease
-# with it; it returns the stored record.
-_MOVE_LUA = """
+# each). KEYS: job hash, items hash, leases zset, stats hash. ARGV[1..5]: index, lease
+# seconds, lease member, ttl seconds, tenant stats key prefix. ``move`` stores the item in
+# its new state and moves the job's, the tenant's and the fleet's counters and the item's
+# lease (``now`` + lease seconds, Redis's clock) with it; it returns the stored record.
+_MOVE_LUA = SERVER_NOW_LUA + """
+local now = server_now()
 local function load_item()
   local raw = redis.call('HGET', KEYS[2], ARGV[1])
   if raw then return cjson.decode(raw) end
@@ -61,48 +76,69 @@ local function is_pending(status) return status == 'queued' or status == 'runnin
 local function move(item, new)
   local old = item.status
   item.status = new
+  if not is_pending(new) then item.finished_at = now end
   local record = cjson.encode(item)
   redis.call('HSET', KEYS[2], ARGV[1], record)
   redis.call('HINCRBY', KEYS[1], old, -1)
   redis.call('HINCRBY', KEYS[1], new, 1)
   if item.reused and new == 'succeeded' then redis.call('HINCRBY', KEYS[1], 'reused', 1) end
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('HSET', KEYS[1], 'updated_at', now)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
   local delta = 0
   if is_pending(old) and not is_pending(new) then delta = -1 end
   if is_pending(new) and not is_pending(old) then delta = 1 end
   if delta ~= 0 then
     redis.call('HINCRBY', KEYS[4], 'pending_items', delta)
     local tenant = redis.call('HGET', KEYS[1], 'tenant')
-    if tenant then redis.call('HINCRBY', ARGV[6] .. tenant, 'pending_items', delta) end
+    if tenant then redis.call('HINCRBY', ARGV[5] .. tenant, 'pending_items', delta) end
   end
   if new == 'running' then
-    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+    redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[3])
   else
-    redis.call('ZREM', KEYS[3], ARGV[4])
+    redis.call('ZREM', KEYS[3], ARGV[3])
   end
   return record
 end
 """
 
 # Move an item from one of the allowed states to a new one, with a patch of its record.
-# ARGV[7..9]: allowed-from states (comma list), new state, patch JSON.
+# ARGV[6..8]: allowed-from states (comma list), new state, patch JSON.
 # Returns 1 (moved), 0 (not in an allowed state) or -1 (no such item).
 _TRANSITION_LUA = _MOVE_LUA + """
 local item = load_item()
 if not item then return -1 end
 local allowed = false
-for s in string.gmatch(ARGV[7], '[^,]+') do if s == item.status then allowed = true end end
+for s in string.gmatch(ARGV[6], '[^,]+') do if s == item.status then allowed = true end end
 if not allowed then return 0 end
-for k, v in pairs(cjson.decode(ARGV[9])) do item[k] = v end
-move(item, ARGV[8])
+for k, v in pairs(cjson.decode(ARGV[8])) do item[k] = v end
+move(item, ARGV[7])
 return 1
+"""
+
+# The reaper's reclaim of one item, decided by Redis's clock in the same step as the move:
+# an item whose lease was renewed meanwhile (its worker is alive after all) stays where it
+# is. A lapsed running item goes back to queued (counted in items_reclaimed); a lapsed lease
+# of any other item is dropped. Returns 2 (reclaimed), 1 (queued: needs a task), 0 (neither).
+_RECLAIM_LUA = _MOVE_LUA + """
+local expiry = redis.call('ZSCORE', KEYS[3], ARGV[3])
+if not expiry or tonumber(expiry) > now then return 0 end
+local item = load_item()
+if item and item.status == 'running' then
+  item.reclaimed_at = now
+  move(item, 'queued')
+  redis.call('HINCRBY', KEYS[4], 'items_reclaimed', 1)
+  return 2
+end
+redis.call('ZREM', KEYS[3], ARGV[3])
+if item and item.status == 'queued' then return 1 end
+return 0
 """
 
 # An item's start, in one round trip: the job's cancel flag, the move to running (queued, or
 # running with a lapsed lease: a redelivered task) with its lease, and the record the worker
 # needs. A cancelled job's queued item is cancelled instead; a finished one is left alone.
+# ARGV[6]: who starts it (host:pid, kept in the record as ``worker``).
 # Returns {'started', record}, {'cancelled'} (this call cancelled it) or {'skipped'}.
 _START_LUA = _MOVE_LUA + """
 local item = load_item()
@@ -113,7 +149,8 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   return {'cancelled'}
 end
 if not is_pending(item.status) then return {'skipped'} end
-item.started_at = tonumber(ARGV[2])
+item.started_at = now
+item.worker = ARGV[6]
 return {'started', move(item, 'running')}
 """
 
@@ -143,17 +180,19 @@ return n
 
 
 # Lease the listed items that are still pending; GT: a lease is extended, never shortened.
-# KEYS: items hash, leases zset, job hash. ARGV: job id, lease expiry, read the job (1/0),
-# item indexes... Returns how many were leased, or with "read the job" the job hash's fields
-# (a task's first step: its items leased and its job read in one round trip).
-_HOLD_LUA = """
+# KEYS: items hash, leases zset, job hash. ARGV: job id, lease seconds (from Redis's clock),
+# read the job (1/0), item indexes... Returns how many were leased, or with "read the job"
+# the job hash's fields (a task's first step: its items leased and its job read in one
+# round trip).
+_HOLD_LUA = SERVER_NOW_LUA + """
+local expiry = server_now() + tonumber(ARGV[2])
 local n = 0
 for i = 4, #ARGV do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
   if raw then
     local status = cjson.decode(raw).status
     if status == 'queued' or status == 'running' then
-      redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[1] .. ':' .. ARGV[i])
+      redis.call('ZADD', KEYS[2], 'GT', expiry, ARGV[1] .. ':' .. ARGV[i])
       n = n + 1
     end
   end
@@ -162,20 +201,27 @@ if ARGV[3] == '1' then return redis.call('HGETALL', KEYS[3]) end
 return n
 """
 
-# Claim the Idempotency-Key (if any) and create the job hash in one step.
-# KEYS: job hash, tenant's job list, idempotency key. ARGV: job id, now, ttl, use key (1/0),
-# then the job hash's field/value pairs. Returns the job id created, or the one that has the key.
-_CREATE_LUA = """
-if ARGV[4] == '1' then
+# Claim the Idempotency-Key (if any) and create the job hash in one step, stamped with
+# Redis's clock. KEYS: job hash, tenant's job list, idempotency key. ARGV: job id, ttl, use
+# key (1/0), then the job hash's field/value pairs. Returns the job id created, or the one
+# that has the key.
+_CREATE_LUA = SERVER_NOW_LUA + """
+local now = server_now()
+if ARGV[3] == '1' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'created_at', now, 'updated_at', now, unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return ARGV[1]
+"""
+
+# Set fields of a hash and its updated_at (Redis's clock). KEYS: hash. ARGV: field/value pairs.
+_TOUCH_LUA = SERVER_NOW_LUA + """
+redis.call('HSET', KEYS[1], 'updated_at', server_now(), unpack(ARGV))
 """
 
 # KEYS: lock key. ARGV: token, new expiry in ms (renew). Acts only for the lock's own holder.
@@ -324,6 +370,8 @@ class JobStore:
         self._lock_renew_script = client.register_script(_LOCK_RENEW_LUA)
         self._lock_release_script = client.register_script(_LOCK_RELEASE_LUA)
         self._create_script = client.register_script(_CREATE_LUA)
+        self._reclaim_script = client.register_script(_RECLAIM_LUA)
+        self._touch_script = client.register_script(_TOUCH_LUA)
 
     # -- keys ---------------------------------------------------------------------------
     @staticmethod
@@ -360,9 +408,9 @@ class JobStore:
         step: of any number of concurrent identical requests exactly one creates the job,
         the others get it back (``existing``) and store nothing.
         """
-        job_id, now = uuid.uuid4().hex, time.time()
-        fields = {
-            "tenant": tenant, "created_at": now, "updated_at": now,
+        job_id = uuid.uuid4().hex
+        fields = {  # created_at, updated_at: Redis's clock, set by the script
+            "tenant": tenant,
             "options": _dumps(options), "total": 0, "stored": 0, "released": 0, "queued": 0,
             "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "reused": 0,
             "cancel_requested": 0, "ingesting": 1,
@@ -370,7 +418,7 @@ class JobStore:
         idem = self._idempotency_key(tenant, idempotency_key) if idempotency_key else ""
         created = self._create_script(
             keys=[self.job_key(job_id), self._tenant_key(tenant), idem or "df:idem:-"],
-            args=[job_id, now, self.ttl, "1" if idem else "0",
+            args=[job_id, self.ttl, "1" if idem else "0",
                   *itertools.chain.from_iterable(fields.items())]).decode()
         if created != job_id:
             return Created(created, [], existing=True)
@@ -443,7 +491,7 @@ class JobStore:
 
     def finish_ingest(self, job_id: str) -> None:
         """Every item is stored: from now on the job can finish."""
-        self.redis.hset(self.job_key(job_id), mapping={"ingesting": 0, "updated_at": time.time()})
+        self._touch_script(keys=[self.job_key(job_id)], args=["ingesting", 0])
 
     # -- reading ------------------------------------------------------------------------
     def status(self, job_id: str, tenant: str | None = None) -> JobStatus | None:
@@ -553,13 +601,18 @@ class JobStore:
         return int(self.redis.hget(key, "pending_items") or 0)
 
     # -- transitions --------------------------------------------------------------------
+    def server_time(self) -> float:
+        """Redis's clock: what every expiry (leases, heartbeats, idle jobs) is measured by,
+        so that hosts whose clocks disagree still agree on what lapsed."""
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1_000_000
+
     def _item_script(self, script: Any, job_id: str, index: int, lease_seconds: float,
                      *args: Any) -> Any:
         """Run one of the item scripts (``_MOVE_LUA``'s keys and first arguments, then ``args``)."""
-        now = time.time()
         return script(
             keys=[self.job_key(job_id), self.items_key(job_id), self._LEASES, self._STATS],
-            args=[str(index), now, now + lease_seconds, f"{job_id}:{index}", self.ttl,
+            args=[str(index), lease_seconds, f"{job_id}:{index}", self.ttl,
                   self._TENANT_STATS_PREFIX, *args])
 
     def _transition(self, job_id: str, index: int, allowed: tuple[str, ...], new: str,
@@ -567,11 +620,13 @@ class JobStore:
         return self._item_script(self._transition_script, job_id, index, 0,
                                  ",".join(allowed), new, _dumps(patch or {})) == 1
 
-    def begin_item(self, job_id: str, index: int, lease_seconds: float) -> ItemStart:
+    def begin_item(self, job_id: str, index: int, lease_seconds: float,
+                   worker: str = "") -> ItemStart:
         """An item's start in one round trip: queued (or running with a lapsed lease: a
         redelivered task) -> running, leased, its record returned; if the job is cancelled,
-        a queued item is cancelled instead. A finished item is left alone."""
-        reply = self._item_script(self._start_script, job_id, index, lease_seconds)
+        a queued item is cancelled instead. A finished item is left alone. ``worker``
+        (host:pid) is recorded: which host an item runs or last ran on."""
+        reply = self._item_script(self._start_script, job_id, index, lease_seconds, worker)
         outcome = reply[0].decode()
         if outcome == "started":
             return ItemStart(item=json.loads(reply[1]))
@@ -579,13 +634,13 @@ class JobStore:
 
     def succeed_item(self, job_id: str, index: int, result: dict[str, Any]) -> bool:
         return self._transition(job_id, index, ("queued", "running"), "succeeded",
-                                {**result, "error": None, "finished_at": time.time()})
+                                {**result, "error": None})
 
     def fail_item(self, job_id: str, index: int, code: str, message: str, final: bool) -> bool:
         """Mark failed; ``final`` errors (bad input) are not requeued by a job retry."""
         error = {"code": code, "message": message}
         return self._transition(job_id, index, ("queued", "running"), "failed",
-                                {"error": error, "retryable": not final, "finished_at": time.time()})
+                                {"error": error, "retryable": not final})
 
     def requeue_item(self, job_id: str, index: int) -> bool:
         """failed (retryable) -> queued, for ``POST /v1/jobs/{id}/retry``."""
@@ -621,8 +676,11 @@ class JobStore:
 
     # -- leases and recovery (worker.leases renews, worker.reaper reclaims) ---------------
     def expired_leases(self, now: float | None = None, limit: int = 1000) -> list[tuple[str, int]]:
-        """Running items whose worker stopped renewing (vanished): candidates for requeue."""
-        members = self.redis.zrangebyscore(self._LEASES, "-inf", now or time.time(), 0, limit)
+        """Running items whose worker stopped renewing (vanished): candidates for requeue.
+
+        ``now`` defaults to Redis's clock (``server_time``), never this host's."""
+        until = self.server_time() if now is None else now
+        members = self.redis.zrangebyscore(self._LEASES, "-inf", until, 0, limit)
         return [(m.decode().rsplit(":", 1)[0], int(m.decode().rsplit(":", 1)[1])) for m in members]
 
     def hold_items(self, job_id: str, indexes: list[int], seconds: float) -> int:
@@ -643,28 +701,20 @@ class JobStore:
     def _hold(self, job_id: str, indexes: list[int], seconds: float, read_job: bool) -> Any:
         return self._hold_script(
             keys=[self.items_key(job_id), self._LEASES, self.job_key(job_id)],
-            args=[job_id, time.time() + seconds, "1" if read_job else "0", *indexes])
+            args=[job_id, seconds, "1" if read_job else "0", *indexes])
 
     def release_item(self, job_id: str, index: int) -> bool:
         """running -> queued: a worker gives the item back (a transient fault; a retry follows)."""
         return self._transition(job_id, index, ("running",), "queued")
 
-    def reclaim_item(self, job_id: str, index: int, now: float | None = None) -> bool:
+    def reclaim_item(self, job_id: str, index: int) -> bool:
         """Whether an item whose lease lapsed needs a new task (running ones go back to queued).
 
-        The lease is checked again first, so an item renewed meanwhile stays where it is; a
-        lapsed lease is dropped whatever the item's state (finished items need nothing).
+        The lease is checked again by Redis's clock in the same step as the move, so an item
+        renewed meanwhile stays where it is; a lapsed lease is dropped whatever the item's
+        state (finished items need nothing).
         """
-        member, now = f"{job_id}:{index}", now or time.time()
-        expiry = self.redis.zscore(self._LEASES, member)
-        if expiry is None or expiry > now:
-            return False
-        if self._transition(job_id, index, ("running",), "queued", {"reclaimed_at": now}):
-            self.count("items_reclaimed")
-            return True
-        self.redis.zrem(self._LEASES, member)
-        item = self.item(job_id, index)
-        return item is not None and item["status"] == "queued"
+        return self._item_script(self._reclaim_script, job_id, index, 0) > 0
 
     def unleased_queued_indexes(self, job_id: str) -> list[int]:
         """Queued items no live task holds: nothing will process them unless they are sent."""
@@ -672,7 +722,7 @@ class JobStore:
         if not queued:
             return []
         expiries = self.redis.zmscore(self._LEASES, [f"{job_id}:{i}" for i in queued])
-        now = time.time()
+        now = self.server_time()
         return [i for i, expiry in zip(queued, expiries) if expiry is None or expiry <= now]
 
     def stale_jobs_with_queued_items(self, idle_seconds: float) -> Iterator[str]:
@@ -681,7 +731,7 @@ class JobStore:
         A full scan of job keys: for recovery when the broker holds no message at all but
         items still wait (their tasks were lost), never for the hot path.
         """
-        cutoff = time.time() - idle_seconds
+        cutoff = self.server_time() - idle_seconds
         for key in self.redis.scan_iter(match=self.job_key("*"), count=WRITE_CHUNK, _type="hash"):
             name = key.decode()
             if name.endswith(":items"):
@@ -757,6 +807,7 @@ def _new_record(index: int, item: NewItem) -> dict[str, Any]:
         "source": item.source, "sha256": item.sha256, "size": item.size,
         "error": item.error, "retryable": False, "width": None, "height": None,
         "depth_min": None, "depth_max": None, "artifacts": {}, "reused": False,
+        "worker": None,
     }
 
 

@@ -169,6 +169,18 @@ class FileStorage:
                     path.unlink()
 
 
+def _read_body(body: Any, key: str) -> bytes:
+    """A GET's body. A connection broken mid-body (reset, a host cut off) is a storage fault
+    like a refused one, retried by the task, not an item's unexpected error."""
+    from botocore.exceptions import BotoCoreError
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return body.read()
+    except (BotoCoreError, HTTPError, OSError) as exc:
+        raise StorageError(f"S3 read of {key!r} broke off: {exc}") from exc
+
+
 class S3Storage:
     """A bucket (and optional prefix) on S3 or any S3-compatible server, through boto3."""
 
@@ -215,7 +227,8 @@ class S3Storage:
             raise StorageError(f"S3 upload of {key!r} failed: {exc}") from exc
 
     def get(self, key: str) -> bytes:
-        return self._call("get_object", Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        body = self._call("get_object", Bucket=self.bucket, Key=self._key(key))["Body"]
+        return _read_body(body, key)
 
     def stream(self, key: str) -> Stored:
         response = self._call("get_object", Bucket=self.bucket, Key=self._key(key))

@@ -67,6 +67,12 @@ def checkpoint_sha256(checkpoint_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One weights cache (and ONNX export) for every deployment of the session."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
 def photos_manifest() -> list[dict]:
     return load_manifest(PHOTOS_DIR)
 
@@ -103,6 +109,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_moto(log: Path, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
+    """``moto_server`` from the venv on ``host``:``port``, once it listens (loopback checked:
+    bind ``0.0.0.0`` or loopback)."""
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", host, "-p", str(port)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return process
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,19 +150,11 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     """``moto_server`` from the venv as a child process for the whole session."""
     log = tmp_path_factory.mktemp("moto") / "server.log"
     port = _free_port()
-    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    process = start_moto(log, port)
     try:
-        _wait_for_port(port, process, log)
         yield MotoServer(f"http://127.0.0.1:{port}", log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -53,11 +53,14 @@ class System:
 
     def start_worker(self, concurrency: int = 1, threads: int = 1,
                      extra_env: dict[str, str] | None = None,
-                     python: str = sys.executable) -> subprocess.Popen:
-        """A ``depthfleet worker`` process; ``python`` picks the install (venv) it runs from."""
+                     python: str = sys.executable,
+                     prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A ``depthfleet worker`` process; ``python`` picks the install (venv) it runs from,
+        ``prefix`` runs it under e.g. ``ip netns exec HOST`` (which execs it: the process
+        keeps its pid and group)."""
         env = {**self.env, **(extra_env or {})}
         n = len(self.workers)
-        proc = _spawn([python, "-m", "depthfleet.cli", "worker", "--concurrency",
+        proc = _spawn([*prefix, python, "-m", "depthfleet.cli", "worker", "--concurrency",
                        str(concurrency), "--threads", str(threads)], env,
                       self.log_dir / f"worker-{n}.log")
         self.workers.append(proc)

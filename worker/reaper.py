@@ -5,8 +5,9 @@ tick the worker that takes the ``reaper`` lock in Redis (so one sweep runs at a 
 the fleet) does two sweeps:
 
 1. Lapsed leases: the items of a task whose pool process stopped renewing their leases (the
-   process or the whole worker died) are sent again as new tasks, running ones after going
-   back to ``queued``.
+   process or the whole worker died, or its host was cut off) are sent again as new tasks,
+   running ones after going back to ``queued``; the fair-share slots of their tasks are
+   freed at once, so the hosts left keep busy.
 2. Lost tasks: when no task waits in the broker, yet a job nothing touched for a lease period
    still has released, queued items that no live task holds, those items have no task (a
    worker died with tasks it had reserved but not started, or a Redis crash lost a message):
@@ -138,6 +139,9 @@ class Reaper:
                 by_job[job_id].append(index)
         for job_id, indexes in by_job.items():
             enqueue_items(self.app, job_id, indexes, self.settings.items_per_task)
+            status = self.store.status(job_id)
+            if status is not None:  # their tasks' window slots go with them
+                self.share.forget_tasks(status.tenant, job_id, indexes)
         return sum(map(len, by_job.values()))
 
     def redispatch_lost(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class Runtime:
     threads: int
     heap: HeapTrimmer  # keeps the process near DEPTHFLEET_WORKER_MEMORY_MB between photos
     share: FairShare  # releases a tenant's next task when one of its tasks finishes
+    name: str = ""  # host:pid, recorded in the items this process starts
 
 
 _runtime: Runtime | None = None
@@ -90,6 +92,7 @@ def init_runtime(settings: Settings, threads: int) -> Runtime:
             threads=threads,
             heap=HeapTrimmer(settings.worker_memory_mb << 20),
             share=fair_share(store, settings),
+            name=f"{socket.gethostname()}:{os.getpid()}",
         )
         log.info("model ready in %.2fs (%s, %d threads)", time.perf_counter() - started,
                  backend.name, threads)

@@ -114,7 +114,7 @@ def process_item(rt: Runtime, job_id: str, index: int, tenant: str,
 
 def _process_item(rt: Runtime, job_id: str, index: int, tenant: str,
                   options: dict[str, Any]) -> int:
-    start = rt.store.begin_item(job_id, index, rt.settings.lease_seconds)
+    start = rt.store.begin_item(job_id, index, rt.settings.lease_seconds, rt.name)
     count_item("cancelled", start.cancelled)
     if start.item is None:
         return 0  # cancelled, or finished by an earlier delivery of this task
@@ -133,7 +133,11 @@ def _process_item(rt: Runtime, job_id: str, index: int, tenant: str,
         return int(count_item("failed", rt.store.fail_item(
             job_id, index, "internal_error", f"processing failed: {type(exc).__name__}",
             final=False)))
-    return int(count_item("succeeded", rt.store.succeed_item(job_id, index, result)))
+    finished = rt.store.succeed_item(job_id, index, result)
+    if not finished:  # e.g. this host was cut off past its lease and the reaper resent it
+        log.info("job %s item %d was finished elsewhere meanwhile; this result changes nothing",
+                 job_id, index)
+    return int(count_item("succeeded", finished))
 
 
 def _keeper(rt: Runtime) -> leases.LeaseKeeper:

@@ -7,30 +7,22 @@ test can cut; listings for assertions go to moto directly.
 
 from __future__ import annotations
 
-import os
-import signal
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from faults.faultkit import Deployment, RedisServer, TcpProxy
+from faults.faultkit import Deployment, RedisServer, TcpProxy, kill_all
 from support import System, system_env
 
 
 def _s3_client(endpoint: str) -> Any:
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                         aws_access_key_id="testing", aws_secret_access_key="testing")
-
-
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One weights cache (and ONNX export) for every deployment of the suite."""
-    return tmp_path_factory.mktemp("fault-model-cache")
 
 
 @pytest.fixture()
@@ -52,16 +44,7 @@ def deploy(tmp_path: Path, s3_server: str, checkpoint_path: Path,
             env = system_env(redis_server.url, f"s3://{bucket}/df", proxy.endpoint,
                              checkpoint_path, model_cache, **extra)
             system = System(env, tmp_path / "logs")
-            cleanup.callback(_kill_processes, system)
+            cleanup.callback(kill_all, system)
             return Deployment(system, redis_server, proxy, bucket, direct)
 
         yield make
-
-
-def _kill_processes(system: System) -> None:
-    """SIGKILL whatever the test left running (a warm shutdown would only cost time here)."""
-    for proc in [*system.workers, system.api]:
-        if proc is not None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

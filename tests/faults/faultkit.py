@@ -43,15 +43,16 @@ MID_BATCH_ENV = {"DEPTHFLEET_ITEMS_PER_TASK": "2", "DEPTHFLEET_LEASE_SECONDS": "
 class RedisServer:
     """``redis-server`` with an append-only file, as deployments run it (docs/reliability.md)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.host = host
+        self.port = port or free_port()
+        self.url = f"redis://{host}:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Start (or restart, on the same port and files)."""
-        self.url, self.proc = start_redis(self.data_dir, self.port)
+        self.url, self.proc = start_redis(self.data_dir, self.port, self.host)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, only what the AOF already holds survives."""
@@ -138,7 +139,7 @@ class Deployment:
 
     system: System
     redis: RedisServer
-    s3: TcpProxy
+    s3: TcpProxy | None  # None: storage is reached directly (tests/multihost cut the network)
     bucket: str
     s3_direct: Any  # boto3 client to the S3 server itself, never through the proxy
 
@@ -193,6 +194,15 @@ def kill_whole_worker(worker: subprocess.Popen) -> None:
     """SIGKILL the worker's parent and every pool process at once (its process group)."""
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
+
+
+def kill_all(system: System) -> None:
+    """SIGKILL whatever a test left running (a warm shutdown would only cost time here)."""
+    for proc in [*system.workers, system.api]:
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def restart_api(system: System, down_seconds: float = 0.0) -> None:
