@@ -13,6 +13,7 @@ import ipaddress
 from flask import Flask, g, request
 
 from depthfleet.api import services
+from depthfleet.api.signing import signed_tenant
 from depthfleet.shared.errors import DepthFleetError
 from depthfleet.shared.sources import LOCAL_TENANT
 
@@ -54,6 +55,10 @@ def resolve_tenant() -> str:
                             "set DEPTHFLEET_API_KEYS to serve other clients", 403)
         return LOCAL_TENANT
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if not scheme:
+        tenant = signed_tenant()  # an <a href> to an artifact or a results.zip
+        if tenant is not None:
+            return tenant
     if scheme.lower() != "bearer" or not presented.strip():
         raise AuthError("missing_api_key", "send 'Authorization: Bearer <API key>'")
     tenant = tenant_for_key(keys, presented.strip())

@@ -7,20 +7,24 @@ exactly like a job that never existed.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from flask import Blueprint, Response, redirect, request, send_file, stream_with_context
 
 from depthfleet.api import ingest, renders, services
 from depthfleet.api.auth import current_tenant
 from depthfleet.api.bodies import json_body
-from depthfleet.api.links import external
-from depthfleet.shared.artifacts import ARTIFACTS, BY_FILENAME, FULL_SIZE
+from depthfleet.api.bundle import JobFiles, zip_stream
+from depthfleet.api.links import external, signed
+from depthfleet.outputs import artifact_file, relative_names
+from depthfleet.shared.artifacts import ARTIFACTS, BY_FILENAME, COMPACT, FULL_SIZE, check_names
 from depthfleet.shared.depth import output_size
 from depthfleet.shared.errors import DepthFleetError, InputError
-from depthfleet.shared.jobs import JobStatus
+from depthfleet.shared.jobs import JobCursor, JobStatus, valid_job_id
 from depthfleet.shared.queue import dispatch, enqueue_ingest, enqueue_items
 from depthfleet.shared.storage import ObjectMissing, Storage
 
@@ -28,6 +32,8 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000
+JOBS_DEFAULT = 20
+JOBS_MAX = 100
 MAX_SIDE_LIMIT = 65_535
 
 
@@ -62,14 +68,6 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
-JOB_ID_DIGITS = frozenset("0123456789abcdef")
-
-
-def valid_job_id(job_id: object) -> bool:
-    """Job ids are ``uuid4().hex``; anything else names no job (and never reaches Redis)."""
-    return isinstance(job_id, str) and len(job_id) == 32 and set(job_id) <= JOB_ID_DIGITS
-
-
 def _job_or_404(job_id: str) -> JobStatus:
     if not valid_job_id(job_id):
         raise NotFound()
@@ -88,7 +86,8 @@ def status_body(status: JobStatus) -> dict[str, Any]:
         "created_at": _iso(status.created_at), "updated_at": _iso(status.updated_at),
         "links": {"self": external("jobs.get_job", job_id=status.id),
                   "items": external("jobs.list_items", job_id=status.id),
-                  "manifest": external("jobs.manifest", job_id=status.id)},
+                  "manifest": external("jobs.manifest", job_id=status.id),
+                  "results_zip": signed("jobs.results_zip", status.tenant, job_id=status.id)},
     }
 
 
@@ -101,16 +100,19 @@ def offered_artifacts(record: dict[str, Any]) -> list[str]:
 
 
 def item_body(job_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """An item as clients see it: storage keys become artifact URLs of this API."""
-    artifacts = {name: external("jobs.artifact", job_id=job_id, index=record["index"],
-                                filename=ARTIFACTS[name].filename)
-                 for name in offered_artifacts(record)}
+    """An item as clients see it: storage keys become artifact URLs of this API, and
+    ``links`` the same URLs signed, for ``<a href>``/``<img src>`` without an API key."""
+    offered = offered_artifacts(record)
+    where = {name: {"job_id": job_id, "index": record["index"],
+                    "filename": ARTIFACTS[name].filename} for name in offered}
+    artifacts = {name: external("jobs.artifact", **where[name]) for name in offered}
+    links = {name: signed("jobs.artifact", current_tenant(), **where[name]) for name in offered}
     return {
         "index": record["index"], "name": record["name"], "raw_name": record.get("raw_name"),
         "status": record["status"],
         "width": record.get("width"), "height": record.get("height"),
         "error": record.get("error"), "depth_min": record.get("depth_min"),
-        "depth_max": record.get("depth_max"), "artifacts": artifacts,
+        "depth_max": record.get("depth_max"), "artifacts": artifacts, "links": links,
         "sha256": record.get("sha256"), "reused": bool(record.get("reused")),
         "retryable": record["status"] == "failed" and bool(record.get("retryable")),
     }
@@ -174,6 +176,29 @@ def _accepted(status: JobStatus) -> tuple[Response, int, dict[str, str]]:
         {"Location": body["links"]["self"]}
 
 
+@bp.get("")
+def list_jobs() -> dict[str, Any]:
+    """The caller's jobs, newest first, a page at a time (``?limit=``, ``?cursor=``)."""
+    limit = _whole_arg("limit", JOBS_DEFAULT, JOBS_MAX, "invalid_limit")
+    after = None
+    if "cursor" in request.args:
+        after = JobCursor.parse(request.args["cursor"])
+        if after is None:
+            raise InputError("invalid_cursor", "cursor must be a next_cursor this API returned")
+    jobs, cursor = services.store().job_page(current_tenant(), limit, after)
+    return {"jobs": [status_body(status) for status in jobs],
+            "next_cursor": str(cursor) if cursor else None}
+
+
+def _whole_arg(name: str, default: int, maximum: int, code: str) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise InputError(code, f"{name} must be a whole number 1..{maximum}")
+    return int(raw)
+
+
 @bp.get("/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
     return status_body(_job_or_404(job_id))
@@ -215,23 +240,57 @@ def artifact(job_id: str, index: int, filename: str) -> Response:
     record = services.store().item(job_id, index)
     if name is None or record is None or name not in offered_artifacts(record):
         raise NotFound("artifact")
-    key = _artifact_key(status, record, name, _max_side_arg())
-    return _send(key, name, f"{index}.{filename}")
+    max_side = _max_side_arg()
+    try:
+        key = _artifact_key(status, record, name, max_side)
+    except ObjectMissing:
+        raise NotFound("artifact") from None
+    return _send(key, name, download_name(record["name"], name))
+
+
+@bp.get("/<job_id>/results.zip")
+def results_zip(job_id: str) -> Response:
+    """Every succeeded item's ``?outputs=`` (default: what the job stored) as one ZIP, named
+    like ``depthfleet run`` names files, streamed; ``failures.json`` lists the others."""
+    status = _job_or_404(job_id)
+    outputs = _outputs_arg(status)
+    files = JobFiles(services.store(), services.storage(), status, outputs,
+                     key_for=lambda record, name: _artifact_key(status, record, name, None),
+                     offered=offered_artifacts)
+    response = Response(stream_with_context(zip_stream(files.members(), status.created_at)),
+                        mimetype="application/zip", direct_passthrough=True)
+    _disposition(response, f"depthfleet-{job_id}.zip", attachment=True)
+    response.cache_control.no_store = True  # changes while the job runs
+    return response
+
+
+def _outputs_arg(status: JobStatus) -> tuple[str, ...]:
+    raw = request.args.get("outputs")
+    if raw is None or not raw.strip():
+        return check_names(status.options.get("outputs") or COMPACT)
+    try:
+        return check_names(name.strip() for name in raw.split(",") if name.strip())
+    except ValueError as exc:
+        raise InputError("invalid_outputs", str(exc)) from None
+
+
+def download_name(item_name: str, artifact: str) -> str:
+    """``album/IMG_1.jpg`` + ``depth_png`` -> ``IMG_1.depth.png``: what a browser saves."""
+    path = relative_names([item_name])[0]
+    return artifact_file({}, path, artifact).rsplit("/", 1)[-1]
 
 
 def _max_side_arg() -> int | None:
-    raw = request.args.get("max_side")
-    if raw is None:
+    if request.args.get("max_side") is None:
         return None
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SIDE_LIMIT:
-        raise InputError("invalid_max_side", f"max_side must be a whole number 1..{MAX_SIDE_LIMIT}")
-    return int(raw)
+    return _whole_arg("max_side", 0, MAX_SIDE_LIMIT, "invalid_max_side")
 
 
 def _artifact_key(status: JobStatus, record: dict[str, Any], name: str,
                   asked: int | None) -> str:
     """The stored object that answers: the stored artifact if it has the size asked for
-    (``max_side`` only ever shrinks the job's size), else a render of depth_raw."""
+    (``max_side`` only ever shrinks the job's size), else a render of depth_raw
+    (``ObjectMissing`` if depth_raw is gone)."""
     stored = record.get("artifacts") or {}
     job_side = status.options.get("max_side")
     side = job_side if asked is None else min(asked, job_side or asked)
@@ -241,38 +300,36 @@ def _artifact_key(status: JobStatus, record: dict[str, Any], name: str,
         return stored[name]
     if "depth_raw" not in stored:
         raise NotRenderable()
-    settings = services.settings()
-    try:
-        return renders.rendered_key(services.storage(), services.store(), services.render_pool(),
-                                    stored["depth_raw"], width, height, name, side,
-                                    settings.lease_seconds)
-    except ObjectMissing:
-        raise NotFound("artifact") from None
+    return renders.rendered_key(services.storage(), services.store(), services.render_pool(),
+                                stored["depth_raw"], width, height, name, side,
+                                services.settings().lease_seconds)
 
 
 def _send(key: str, name: str, download_name: str) -> Response:
     """A stored object as the response: a redirect to storage, or its bytes streamed.
 
     ``?inline=1`` (the web page): bytes from this origin, since fetch() cannot follow a
-    redirect to a storage host that sends no CORS headers.
+    redirect to a storage host that sends no CORS headers. ``?download=1``: bytes from
+    here too, as an attachment named after the photo (``IMG_1.depth.png``).
     """
     storage, settings = services.storage(), services.settings()
-    if request.args.get("inline") != "1":
+    attachment = request.args.get("download") == "1"
+    if request.args.get("inline") != "1" and not attachment:
         presigned = storage.presigned_url(key, settings.presign_seconds)
         if presigned:
             return redirect(presigned, code=302)
     path = storage.local_path(key)
     if path is not None:
-        response = send_file(path, mimetype=ARTIFACTS[name].content_type, max_age=3600,
-                             download_name=download_name)
+        response = send_file(path, mimetype=ARTIFACTS[name].content_type, max_age=3600)
     else:
-        response = _streamed(storage, key, ARTIFACTS[name].content_type, download_name)
+        response = _streamed(storage, key, ARTIFACTS[name].content_type)
+    _disposition(response, download_name, attachment)
     response.cache_control.public = False
     response.cache_control.private = True  # a tenant's data: never in a shared cache
     return response
 
 
-def _streamed(storage: Storage, key: str, content_type: str, download_name: str) -> Response:
+def _streamed(storage: Storage, key: str, content_type: str) -> Response:
     try:
         stored = storage.stream(key)
     except ObjectMissing:
@@ -280,8 +337,19 @@ def _streamed(storage: Storage, key: str, content_type: str, download_name: str)
     response = Response(stored.chunks, mimetype=content_type, direct_passthrough=True)
     response.content_length = stored.size
     response.cache_control.max_age = 3600
-    response.headers["Content-Disposition"] = f'inline; filename="{download_name}"'
     return response
+
+
+def _disposition(response: Response, filename: str, attachment: bool) -> None:
+    """``Content-Disposition`` with ``filename`` (RFC 6266: an ASCII fallback, and the
+    name itself as ``filename*`` when it is not ASCII)."""
+    fallback = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    fallback = "".join(c for c in fallback if c.isprintable() and c not in '"\\') or "download"
+    params = {"filename": fallback}
+    if fallback != filename:
+        params["filename*"] = "UTF-8''" + quote(filename, safe="")
+    response.headers.set("Content-Disposition", "attachment" if attachment else "inline",
+                         **params)
 
 
 @bp.delete("/<job_id>")

@@ -9,11 +9,13 @@ clients resolve against the URL they called.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import request, url_for
 
 from depthfleet.api import services
 from depthfleet.api.auth import is_loopback
+from depthfleet.api.signing import signature_query
 
 
 def external(endpoint: str, **values: Any) -> str:
@@ -34,3 +36,10 @@ def _is_loopback_host(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]").lower()
     return name == "localhost" or is_loopback(name)
+
+
+def signed(endpoint: str, tenant: str, **values: Any) -> str:
+    """``external(endpoint)`` that opens without an API key until it expires (``signing``)."""
+    path = url_for(endpoint, **values)
+    query = signature_query(tenant, path)
+    return f"{_base()}{path}" + (f"?{urlencode(query)}" if query else "")

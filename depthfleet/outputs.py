@@ -80,6 +80,30 @@ def output_stems(names: Iterable[str]) -> dict[str, str]:
     return {n: _strip_extension(n) if counts[_strip_extension(n)] == 1 else n for n in names}
 
 
+def artifact_file(stems: dict[str, str], name: str, artifact: str) -> str:
+    """``a/b.jpg`` + ``depth_png`` -> ``a/b.depth.png``: where an input's artifact goes."""
+    stem = stems.get(name) or _strip_extension(name)
+    return f"{stem}.{ARTIFACTS[artifact].filename}"
+
+
+def relative_names(names: Iterable[str]) -> list[str]:
+    """Item names made safe, distinct relative paths, for files written from a job's items
+    (``results.zip``): a URL loses its scheme (``s3://b/a.jpg`` -> ``b/a.jpg``), empty, ``.``
+    and ``..`` parts go, and a name that repeats gets its position before the extension
+    (the second ``a.jpg`` of a batch: ``a~1.jpg``), so no file overwrites another."""
+    seen: set[str] = set()
+    found = []
+    for position, name in enumerate(names):
+        path = name.split("://", 1)[-1].replace("\\", "/").replace("\0", "")
+        safe = "/".join(p for p in path.split("/") if p not in ("", ".", "..")) or "item"
+        while safe in seen:
+            stem, dot, ext = safe.rpartition(".") if "." in Path(safe).name else (safe, "", "")
+            safe = f"{stem}~{position}{dot}{ext}"
+        seen.add(safe)
+        found.append(safe)
+    return found
+
+
 def artifact_beside(rel: str, artifact: str) -> str:
     """The path of ``artifact`` with the stem of the artifact file at ``rel``
     (``a/b.depth_raw.tiff`` -> ``a/b.depth.png``): where to put what is drawn from it."""
@@ -105,8 +129,7 @@ class OutputFolder:
 
     def artifact_path(self, name: str, artifact: str) -> str:
         """``a/b.jpg`` + ``depth_png`` -> ``a/b.depth.png`` (relative to OUT)."""
-        stem = self.stems.get(name) or _strip_extension(name)
-        return f"{stem}.{ARTIFACTS[artifact].filename}"
+        return artifact_file(self.stems, name, artifact)
 
     def _read_manifest(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.manifest.exists():

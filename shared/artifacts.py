@@ -4,7 +4,9 @@ Two kinds:
 
 * **compact**, made once per photo and stored: ``depth_raw`` (the network's output, float32
   TIFF at network resolution), ``heatmap_preview`` and ``thumbnail`` (JPEG, longer side at
-  most ``PREVIEW_SIDE``, for the web page's grid).
+  most ``PREVIEW_SIDE``, for the web page's grid) and ``photo`` (the upright photo as JPEG,
+  longer side at most ``PHOTO_SIDE``: the web page's large view shows the original from the
+  server, for any item, also after a reload or from inside an archive).
 * **full-size**, the contract's ``depth.png``, ``depth.pfm`` and ``heatmap.png``: functions of
   ``depth_raw`` and the photo's size (``RawDepth.at``). They are rendered where they are asked
   for: on read by the API, by a worker when ``options.outputs`` asks to store them, by
@@ -34,6 +36,7 @@ from depthfleet.shared.imaging.encode import (
 )
 
 PREVIEW_SIDE = 512
+PHOTO_SIDE = 2048  # the large view's original: a 1280 px screen at 1.5x, a 2x one nearly
 RAW_FORMAT = 1  # meta.json's "raw_format": how depth_raw is to be read and upsampled
 
 
@@ -63,6 +66,7 @@ ARTIFACTS: dict[str, Artifact] = {artifact.name: artifact for artifact in (
     Artifact("depth_raw", "depth_raw.tiff", "image/tiff"),
     Artifact("heatmap_preview", "heatmap_preview.jpg", "image/jpeg"),
     Artifact("thumbnail", "thumbnail.jpg", "image/jpeg"),
+    Artifact("photo", "photo.jpg", "image/jpeg"),
 )}
 FULL_SIZE = tuple(name for name, spec in ARTIFACTS.items() if spec.full_size)
 COMPACT = tuple(name for name, spec in ARTIFACTS.items() if not spec.full_size)
@@ -103,6 +107,7 @@ def make_compact(raw: RawDepth, rgb: np.ndarray, names: Iterable[str]) -> dict[s
         "depth_raw": lambda: encode_float_tiff(raw.net),
         "heatmap_preview": lambda: encode_jpeg(heatmap_pixels(raw.at(PREVIEW_SIDE))),
         "thumbnail": lambda: encode_jpeg(thumbnail_pixels(rgb)),
+        "photo": lambda: encode_jpeg(thumbnail_pixels(rgb, PHOTO_SIDE)),
     }
     return {name: makers[name]() for name in check_names(names) if name in makers}
 

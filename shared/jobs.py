@@ -219,6 +219,41 @@ class Created:
     existing: bool = False
 
 
+@dataclass(frozen=True)
+class JobCursor:
+    """Where a page of a tenant's job list ends: the last job's creation time and id."""
+
+    created_at: float
+    job_id: str
+
+    def precedes(self, created_at: float, job_id: str) -> bool:
+        """Whether the job (created_at, job_id) comes after this cursor in the list."""
+        return created_at < self.created_at or (created_at == self.created_at
+                                                and job_id < self.job_id)
+
+    def __str__(self) -> str:
+        return f"{self.created_at!r}-{self.job_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> JobCursor | None:
+        """``str(cursor)`` back into a cursor; None if ``text`` is not one."""
+        created, sep, job_id = text.rpartition("-")
+        try:
+            value = float(created)
+        except ValueError:
+            return None
+        ok = sep and valid_job_id(job_id) and 0 <= value < float("inf")
+        return cls(value, job_id) if ok else None
+
+
+JOB_ID_DIGITS = frozenset("0123456789abcdef")
+
+
+def valid_job_id(job_id: object) -> bool:
+    """Job ids are ``uuid4().hex``; anything else names no job (and never reaches Redis)."""
+    return isinstance(job_id, str) and len(job_id) == 32 and set(job_id) <= JOB_ID_DIGITS
+
+
 @dataclass
 class JobStatus:
     id: str
@@ -433,6 +468,54 @@ class JobStore:
 
     def tenant_jobs(self, tenant: str, limit: int = 50) -> list[str]:
         return [j.decode() for j in self.redis.zrevrange(self._tenant_key(tenant), 0, limit - 1)]
+
+    def job_page(self, tenant: str, limit: int,
+                 after: JobCursor | None = None) -> tuple[list[JobStatus], JobCursor | None]:
+        """The tenant's jobs newest first, ``limit`` of them after ``after``, and the cursor of
+        the next page (None: this is the last).
+
+        O(log n + limit) on the tenant's job list (``create_job`` adds each job to it in the
+        step that records the job). Jobs whose records expired are dropped from the list as
+        a page meets them, so each costs one look once, and never shows.
+        """
+        found: list[JobStatus] = []
+        expired: list[str] = []
+        for batch in self._ids_after(tenant, after, max(limit + 1, 16)):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id, _ in batch:
+                pipe.hgetall(self.job_key(job_id))
+            for (job_id, _), raw in zip(batch, pipe.execute()):
+                status = _job_status(job_id, raw, tenant)
+                if status is None:
+                    expired.append(job_id)
+                elif len(found) <= limit:
+                    found.append(status)
+            if len(found) > limit:
+                break
+        if expired:  # after the scan: removing members shifts the offsets it pages by
+            self.redis.zrem(self._tenant_key(tenant), *expired)
+        if len(found) <= limit:
+            return found, None
+        last = found[limit - 1]
+        return found[:limit], JobCursor(last.created_at, last.id)
+
+    def _ids_after(self, tenant: str, after: JobCursor | None,
+                   batch: int) -> Iterator[list[tuple[str, float]]]:
+        """Batches of (job id, created_at) of the tenant's list, newest first, after ``after``.
+
+        Jobs created in the same instant are ordered by id (descending, like ``ZREVRANGE``),
+        so a cursor never skips nor repeats one.
+        """
+        key, offset = self._tenant_key(tenant), 0
+        high: float | str = "+inf" if after is None else after.created_at
+        while True:
+            page = self.redis.zrevrangebyscore(key, high, "-inf", start=offset, num=batch,
+                                               withscores=True)
+            yield [(member.decode(), score) for member, score in page
+                   if after is None or after.precedes(score, member.decode())]
+            if len(page) < batch:
+                return
+            offset += batch
 
     # -- the tenant's upload index (POST /v1/uploads/check without a storage lookup) -------
     @staticmethod

@@ -126,6 +126,8 @@ class Settings:
     log_level: str = "INFO"
     metrics_port: int = 9808  # worker metrics and health server; 0: none
     client_api_key: str | None = None
+    link_secret: str | None = None  # signs download links (api.links); unset: from the API keys
+    link_seconds: int = 3600  # how long a signed download link lasts (at least)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +185,8 @@ class Settings:
             log_level=env.get("DEPTHFLEET_LOG_LEVEL", base.log_level).strip().upper(),
             metrics_port=_int(env, "DEPTHFLEET_METRICS_PORT", base.metrics_port, 0),
             client_api_key=env.get("DEPTHFLEET_API_KEY", "").strip() or None,
+            link_secret=env.get("DEPTHFLEET_LINK_SECRET", "").strip() or None,
+            link_seconds=_int(env, "DEPTHFLEET_LINK_SECONDS", base.link_seconds, 60),
         )
 
     def with_(self, **changes: object) -> Settings:
