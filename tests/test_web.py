@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from playwright.sync_api import Browser, Locator, Page, Route, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 from conftest import BAD_DIR, PHOTOS_DIR
 from depthfleet.shared.artifacts import PREVIEW_SIDE, raw_depth, render_full_size
@@ -26,7 +26,6 @@ from support import System, poll, running, s3_system, tiny_jpeg
 from webpage import (
     DESKTOP,
     card,
-    chromium,
     drop_files,
     followed_job,
     natural_size,
@@ -68,18 +67,6 @@ def keyed_api(system, tmp_path_factory) -> Iterator[System]:
         yield keyed
     finally:
         keyed.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture()
-def page(browser) -> Iterator[Page]:
-    with tab(browser) as opened:
-        yield opened
 
 
 @pytest.fixture()
@@ -157,7 +144,7 @@ def test_photos_show_beside_heatmaps_with_reasons_and_downloads(system, page, re
             wait_loaded(shown)
             assert max(natural_size(shown)) <= PREVIEW_SIDE, (image, natural_size(shown))
     grid = set(artifacts_fetched(requested))  # the grid shows the compact previews only
-    assert grid <= {"heatmap_preview.jpg", "thumbnail.jpg", "photo_preview.jpg"}, grid
+    assert grid <= {"heatmap_preview.jpg", "thumbnail.jpg"}, grid
 
     items = requests.get(f"{system.api_url}/v1/jobs/{followed_job(page)}/items", timeout=10)
     bad_item = next(item for item in items.json()["items"] if item["name"] == BAD)
@@ -245,7 +232,8 @@ def test_each_batch_is_an_address_with_history_and_a_list(system, page, browser)
     with tab(browser) as other:  # a link opened in a new tab
         other.goto(f"{system.api_url}/#job={first}")
         shows_batch(other, first)
-        wait_loaded(heatmap(other, "chelsea.jpg"))
+        wait_loaded(heatmap(other, "chelsea.jpg"))  # and the photo, from the server
+        wait_loaded(card(other, "chelsea.jpg").get_by_role("img", name="Photo chelsea.jpg"))
         expect(other.locator("#job-state")).to_have_text("Done")
 
 
@@ -259,7 +247,7 @@ def test_a_single_result_is_large_above_the_fold_and_opens_large(system, page, r
     assert box["width"] >= 480, box  # 234 px before
     assert not any(name in ("photo.jpg", "heatmap.png") for name in artifacts_fetched(requested))
 
-    shown.click()  # the picture itself enlarges
+    shown.click(position={"x": box["width"] * 0.75, "y": box["height"] / 2})  # it enlarges
     large = viewer(page).get_by_role("img", name="Depth heatmap of coffee.jpg")
     wait_loaded(large)
     assert natural_size(large) == PHOTOS["coffee.jpg"]  # the screen is larger than the photo

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from conftest import PHOTOS_DIR
 from support import System, running, s3_system
-from webpage import card, chromium, tab, wait_followed, wait_loaded
+from webpage import card, wait_followed, wait_loaded
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,6 @@ def idle(tmp_path_factory, redis_db_url, s3_server, checkpoint_path) -> Iterator
                        checkpoint_path, "depthfleet-web-idle")
     with running(system, workers=()):
         yield system
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture()
-def page(browser) -> Iterator[Page]:
-    with tab(browser) as opened:
-        yield opened
 
 
 def progress(page: Page) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import { Uploader } from "./upload.js";
 const keysRequired = document.body.dataset.keysRequired === "true";
 const batches = new BatchList(askForKey);
 const jobView = new JobView(askForKey, () => batches.refresh());
-const uploader = new Uploader(Number(document.body.dataset.maxUploadBytes), askForKey, openJob);
+new Uploader(Number(document.body.dataset.maxUploadBytes), askForKey, openJob);
 
 /** The batch this address names (``#job=<id>``), or null for the landing page. */
 function jobInAddress() {

@@ -12,6 +12,7 @@ function summary(job) {
   const parts = [`${job.total} item${job.total === 1 ? "" : "s"}`];
   if (counts.failed) parts.push(`${counts.failed} failed`);
   if (counts.pending) parts.push(`${counts.pending} to go`);
+  parts.push(job.id.slice(0, 8));
   return parts.join(" · ");
 }
 
@@ -33,7 +34,6 @@ export class BatchList {
 
   /** The first page again: after an upload, and when the followed batch changes state. */
   refresh() {
-    byId("batch-list").replaceChildren();
     this.load(null);
   }
 

@@ -2,7 +2,7 @@
 // the device's tilt. WebGL where the browser has it, else layered canvas 2D parallax; nothing
 // is loaded from elsewhere. The depth is MiDaS's relative depth, and the caption says so.
 import { h } from "./dom.js";
-import { artifactImage, withQuery } from "./items.js";
+import { artifactUrl, loadImage } from "./items.js";
 
 const DEPTH_SIDE = 256; // the mesh: one vertex per pixel of a depth map ≤ 256 px a side
 const FLAT_SIDE = 960; // the 2D fallback's photo
@@ -18,7 +18,7 @@ const CAPTION = "Relative depth, not a measurement: from this one photo, MiDaS g
 const clamp = (value, limit) => Math.max(-limit, Math.min(limit, value));
 
 export class DepthView {
-  constructor(host, item, blobs, photoUrl) {
+  constructor(host, item, photoUrl) {
     this.canvas = h("canvas", { class: "depth-canvas", role: "img", "data-yaw": "0",
                                 "aria-label": `${item.name} in 3D, raised by its estimated depth` });
     this.canvas.style.aspectRatio = `${item.width} / ${item.height}`;
@@ -28,6 +28,7 @@ export class DepthView {
                                  id: "depth-strength" });
     this.controls = h("div", { class: "depth-controls" },
                       h("label", { for: "depth-strength" }, "Depth effect"), this.strength);
+    this.offerTilt();
     host.append(this.canvas, this.state, h("p", { class: "depth-caption" }, CAPTION));
     this.view = { yaw: 0, pitch: 0 };
     this.target = { yaw: 0, pitch: 0 };
@@ -35,14 +36,13 @@ export class DepthView {
     this.calm = matchMedia("(prefers-reduced-motion: reduce)").matches;
     this.alive = true;
     this.wireInput();
-    this.load(item, blobs, photoUrl);
+    this.load(item, photoUrl);
   }
 
-  async load(item, blobs, photoUrl) {
-    const depthUrl = withQuery(item.artifacts.depth_png, `max_side=${DEPTH_SIDE}`);
+  async load(item, photoUrl) {
+    const depthUrl = artifactUrl(item, "depth_png", `inline=1&max_side=${DEPTH_SIDE}`);
     try {
-      const [photo, depth] = await Promise.all([artifactImage(photoUrl, blobs),
-                                                artifactImage(depthUrl, blobs)]);
+      const [photo, depth] = await Promise.all([loadImage(photoUrl), loadImage(depthUrl)]);
       if (!this.alive) return;
       const field = depthField(depth);
       this.renderer = WebGlRenderer.create(this.canvas, photo, field) ??
@@ -51,7 +51,7 @@ export class DepthView {
       this.state.textContent = "";
       this.frame();
     } catch (err) {
-      this.state.textContent = `Could not build the 3D view: ${err.message}`;
+      this.state.textContent = `Could not build the 3D view: ${err.message || "no image"}`;
       this.state.classList.add("error");
     }
   }
@@ -86,6 +86,16 @@ export class DepthView {
       this.aim((event.gamma / 30) * MAX_YAW, ((event.beta - level) / 30) * MAX_PITCH);
     };
     window.addEventListener("deviceorientation", this.onTilt);
+  }
+
+  // iOS asks before a page may read the tilt, and only from a tap.
+  offerTilt() {
+    if (typeof globalThis.DeviceOrientationEvent?.requestPermission !== "function") return;
+    const ask = h("button", { type: "button", class: "secondary small" }, "Turn by tilting");
+    ask.addEventListener("click", async () => {
+      ask.hidden = (await DeviceOrientationEvent.requestPermission()) === "granted";
+    });
+    this.controls.append(ask);
   }
 
   wake() {

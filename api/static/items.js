@@ -10,19 +10,25 @@ const WAITING_TEXT = {
   running: "Computing depth…",
   cancelled: "Cancelled before it started.",
 };
-const DOWNLOADS = [
+const PREVIEW_SIDE = 512;
+export const DOWNLOADS = [
   ["depth_png", "16-bit depth PNG", "depth.png"],
   ["depth_pfm", "Depth PFM (float32)", "depth.pfm"],
   ["heatmap_png", "Heatmap PNG", "heatmap.png"],
   ["depth_raw", "Network output, float32 TIFF", "depth_raw.tiff"],
 ];
 
-// Artifacts through the API itself: <img> cannot send the bearer key, and the default 302 to
-// presigned storage URLs would be a cross-origin fetch.
+// Images and downloads use the signed ``links`` (plain URLs on a keyless server): an <img> or
+// an <a href> opened in a new tab cannot send the bearer key. ``inline=1`` has the API send the
+// bytes itself rather than redirect to storage, another origin this page may not load from.
 export const withQuery = (url, query) => `${url}${url.includes("?") ? "&" : "?"}${query}`;
-const inline = (url) => withQuery(url, "inline=1");
 
-/** API URL -> promise of a blob: URL, revoked together when the cards using them go. */
+/** The address of the item's artifact ``name`` that opens without the key, plus ``query``. */
+export function artifactUrl(item, name, query = "inline=1") {
+  return sameOrigin(withQuery(item.links?.[name] ?? item.artifacts[name], query));
+}
+
+/** API URL -> promise of a blob: URL, for the few files that need the key (the manifest). */
 export class BlobCache {
   constructor() {
     this.urls = new Map();
@@ -52,11 +58,11 @@ export const stemOf = (item) =>
   item.name.split("/").pop().replace(/\.[^.]*$/, "") || `item-${item.index}`;
 
 /** ``onOpen()`` shows the item in the large view. */
-export function renderCard(item, blobs, onOpen) {
+export function renderCard(item, onOpen) {
   const card = h("li", { class: "card", "data-key": cardKey(item), "data-status": item.status },
                  h("h4", { class: "card-name", title: item.name }, item.name));
   if (item.status === "succeeded") {
-    card.append(comparison(item, blobs, onOpen), downloads(item, blobs));
+    card.append(comparison(item, onOpen), downloads(item));
   } else if (item.status === "failed") {
     card.append(reasonBlock(item.error));
   } else {
@@ -65,14 +71,17 @@ export function renderCard(item, blobs, onOpen) {
   return card;
 }
 
-function comparison(item, blobs, onOpen) {
+function comparison(item, onOpen) {
   const caption = h("figcaption", {}, `${item.width} × ${item.height} px`);
-  const heatmapUrl = item.artifacts.heatmap_preview ?? item.artifacts.heatmap_png; // older results
-  if (!heatmapUrl) {
+  const heatmap = ["heatmap_preview", "heatmap_png"].find((name) => item.artifacts[name]); // older
+  if (!heatmap) {
     return h("figure", { class: "compare" },
              h("p", { class: "card-state" }, "No heatmap was requested for this item."), caption);
   }
-  const { frame, slider } = compareFrame(item, blobs, heatmapUrl, previewPhoto(item));
+  const photo = previewPhoto(item);
+  const preview = heatmap === "heatmap_png" ? `inline=1&max_side=${PREVIEW_SIDE}` : "inline=1";
+  const { frame, slider } = compareFrame(item, artifactUrl(item, heatmap, preview),
+                                         photo && artifactUrl(item, photo));
   frame.addEventListener("click", (event) => event.target.closest("input") || onOpen());
   const enlarge = h("button", { type: "button", class: "secondary small",
                                 "aria-label": `Enlarge ${item.name}` }, "Enlarge");
@@ -83,20 +92,20 @@ function comparison(item, blobs, onOpen) {
 
 // The grid's photo: the stored preview (a JPEG of ≤ 512 px even for HEIC, TIFF and archive
 // entries); results from before previews were stored have none, and the card says so.
-const previewPhoto = (item) => item.artifacts.photo_preview ?? item.artifacts.thumbnail;
+const previewPhoto = (item) => ["thumbnail", "photo"].find((name) => item.artifacts[name]);
 
 /**
  * The photo under its heatmap, with a slider for the divider (photo left, depth right); the
  * grid and the large view both use it. ``photoUrl`` may be missing: the heatmap alone, said.
  */
-export function compareFrame(item, blobs, heatmapUrl, photoUrl) {
+export function compareFrame(item, heatmapUrl, photoUrl) {
   const heatmap = h("img", { class: "heatmap", alt: `Depth heatmap of ${item.name}`,
                              draggable: "false" });
   const state = h("p", { class: "card-state" });
   const frame = h("div", { class: "frame" }, heatmap, state);
   frame.style.aspectRatio = `${item.width} / ${item.height}`;
   frame.style.setProperty("--ratio", String(item.width / item.height));
-  showArtifact(heatmap, heatmapUrl, blobs, state, "heatmap");
+  showImage(heatmap, heatmapUrl, state, "heatmap");
   if (!photoUrl) {
     return { frame, slider: h("p", { class: "card-state" },
                               "No photo preview was stored for this older result.") };
@@ -114,59 +123,54 @@ export function compareFrame(item, blobs, heatmapUrl, photoUrl) {
   input.addEventListener("input", split);
   frame.prepend(photo);
   frame.append(photoState);
-  showArtifact(photo, photoUrl, blobs, photoState, "photo").then((shown) => {
+  showImage(photo, photoUrl, photoState, "photo").then((shown) => {
     if (!shown) slider.hidden = true;
   });
   split();
   return { frame, slider };
 }
 
-/** A decoded image of an API URL (fetched through the key). */
-export async function artifactImage(source, blobs) {
+/** A decoded image of ``url``. */
+export async function loadImage(url) {
   const image = new Image();
-  image.src = await blobs.url(inline(source));
+  image.src = url;
   await image.decode();
   return image;
 }
 
-/** Fill ``img`` from an API URL (through the key); true once it is decoded. */
-export async function showArtifact(img, source, blobs, state, what) {
+/** Fill ``img`` from ``url``, saying so while it loads or if it cannot; true once decoded. */
+export async function showImage(img, url, state, what) {
   state.textContent = `Loading ${what}…`;
+  img.src = url;
   try {
-    img.src = await blobs.url(inline(source));
     await img.decode();
     state.textContent = "";
     return true;
-  } catch (err) {
+  } catch {
     img.hidden = true;
-    state.textContent = `Could not load the ${what}: ${err.message ?? "the browser cannot show it"}`;
+    state.textContent = `Could not load the ${what}; reload the page to try again.`;
     state.classList.add("error");
     return false;
   }
 }
 
-function downloads(item, blobs) {
+/** Links saving the item's files under the photo's name ("chelsea.depth.png"). */
+export function downloads(item, choices = DOWNLOADS) {
   const stem = stemOf(item);
-  const links = DOWNLOADS.filter(([name]) => item.artifacts[name]).map(([name, label, suffix]) =>
-    h("li", {}, downloadLink(item.artifacts[name], label, `${stem}.${suffix}`, blobs)));
+  const links = choices.filter(([name]) => item.artifacts[name]).map(([name, label, suffix]) =>
+    h("li", {}, savedLink(h("a", {}, label), artifactUrl(item, name, "download=1"),
+                          `${stem}.${suffix}`)));
   return h("ul", { class: "downloads", "aria-label": `Downloads for ${item.name}` }, ...links);
 }
 
-/** A link to an API file that saves it under ``filename``. */
-export function downloadLink(source, label, filename, blobs) {
-  return savedLink(h("a", {}, label), source, filename, blobs);
-}
-
 /**
- * Point ``link`` at ``source`` so it saves as ``filename`` and also works opened in a new tab.
- * Without a key the URL itself does; with one, a click fetches it with the key and saves it
- * from a blob: URL (the API names the file after the photo either way).
+ * Point ``link`` at ``url``, saved as ``filename``. Signed URLs open anywhere, a new tab too;
+ * one the API only answers with the key (give ``blobs``) is fetched with it on a click.
  */
-export function savedLink(link, source, filename, blobs) {
-  link.href = sameOrigin(inline(source));
+export function savedLink(link, url, filename, blobs = null) {
+  link.href = url;
   link.download = filename;
-  link.onclick = keyInUse() ? (event) => saveThroughFetch(event, link, inline(source), blobs)
-    : null;
+  link.onclick = blobs && keyInUse() ? (event) => saveThroughFetch(event, link, url, blobs) : null;
   return link;
 }
 

@@ -2,7 +2,7 @@
 // download-all, and the large view of its results.
 import { deleteJson, getJson, postJson, sameOrigin } from "./api.js";
 import { byId, h, say } from "./dom.js";
-import { BlobCache, cardKey, downloadLink, renderCard, savedLink } from "./items.js";
+import { BlobCache, cardKey, renderCard, savedLink, withQuery } from "./items.js";
 import { describe, reasonBlock, RETRYABLE } from "./reasons.js";
 import { STATUS_TEXT } from "./status.js";
 import { Viewer } from "./viewer.js";
@@ -50,7 +50,6 @@ export class JobView {
     this.jobId = null;
     this.generation = 0; // bumped per batch followed, so late answers for another are dropped
     this.items = [];
-    this.blobs = new BlobCache();
     this.manifestBlobs = new BlobCache();
     this.viewer = new Viewer();
     byId("retry-button").addEventListener("click", () => this.retry());
@@ -86,7 +85,6 @@ export class JobView {
     this.scanned = false;
     this.viewer.close();
     this.items = [];
-    this.blobs.release();
     this.manifestBlobs.release();
     byId("items").replaceChildren();
     byId("failure-list").replaceChildren();
@@ -214,7 +212,7 @@ export class JobView {
     this.items = page.items;
     const list = byId("items");
     list.dataset.count = String(page.items.length);
-    reconcile(list, page.items, (item) => renderCard(item, this.blobs, () => this.open(item)));
+    reconcile(list, page.items, (item) => renderCard(item, () => this.open(item)));
     const first = page.items.length ? this.offset + 1 : 0;
     for (const pager of document.querySelectorAll(".pager")) {
       pager.hidden = page.total <= PAGE_SIZE;
@@ -235,8 +233,6 @@ export class JobView {
   /** Another page of results; from the bottom pager, back up to the first of them. */
   async turnPage(delta, fromBottom) {
     this.offset = Math.max(0, this.offset + delta);
-    this.blobs.release();
-    this.blobs = new BlobCache();
     try {
       await this.loadPage(this.generation);
       if (fromBottom) document.querySelector(".pager").scrollIntoView({ block: "start" });
@@ -253,8 +249,9 @@ export class JobView {
       element.hidden = !results;
     }
     if (!results) return;
-    const url = this.url(`/results.zip?outputs=${encodeURIComponent(outputs.value)}`);
-    savedLink(byId("zip-link"), url, `depthfleet-${this.jobId.slice(0, 8)}.zip`, this.blobs);
+    const url = withQuery(sameOrigin(this.last.links.results_zip),
+                          `outputs=${encodeURIComponent(outputs.value)}`);
+    savedLink(byId("zip-link"), url, `depthfleet-${this.jobId}.zip`);
   }
 
   async finish(generation) {
@@ -268,8 +265,9 @@ export class JobView {
   }
 
   async showOutcome(generation) {
-    const manifest = downloadLink(this.url("/manifest.jsonl"), "Download the manifest (JSON lines)",
-                                  `${this.jobId}.manifest.jsonl`, this.manifestBlobs);
+    const manifest = savedLink(h("a", {}, "Download the manifest (JSON lines)"),
+                               sameOrigin(this.url("/manifest.jsonl")),
+                               `${this.jobId}.manifest.jsonl`, this.manifestBlobs);
     byId("manifest-link").replaceChildren(manifest);
     if (this.last.failed > 0) await this.listFailures(generation);
   }

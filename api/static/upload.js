@@ -80,6 +80,7 @@ export class Uploader {
       } catch (err) {
         if (!BUSY_STATUSES.has(err.status)) throw err;
         if (!(await this.waitOut(err))) return null;
+        say("upload-status", `Sending ${fileCount(files)} again…`);
       }
     }
   }

@@ -3,20 +3,25 @@
 // Only here are the larger files fetched (photo.jpg ≤ 2048 px, heatmap.png at screen size).
 import { h } from "./dom.js";
 import { DepthView } from "./depth3d.js";
-import { BlobCache, compareFrame, downloadLink, stemOf, withQuery } from "./items.js";
+import { artifactUrl, compareFrame, downloads } from "./items.js";
 
 const LARGE_MAX_SIDE = 2048; // as large as the screen shows it, never more than a 4 MP render
 const SWIPE_PX = 50;
 
-/** The largest photo the API offers for the large view. */
-export const largePhoto = (item) =>
-  item.artifacts.photo ?? item.artifacts.photo_preview ?? item.artifacts.thumbnail;
+const LARGE_DOWNLOADS = [["depth_png", "16-bit depth PNG", "depth.png"],
+                         ["heatmap_png", "Heatmap PNG", "heatmap.png"]];
+
+/** The largest photo the API offers for the large view (photo.jpg, ≤ 2048 px). */
+function largePhoto(item) {
+  const name = ["photo", "thumbnail"].find((each) => item.artifacts[each]);
+  return name && artifactUrl(item, name);
+}
 
 function largeHeatmap(item) {
-  if (!item.artifacts.heatmap_png) return item.artifacts.heatmap_preview;
+  if (!item.artifacts.heatmap_png) return artifactUrl(item, "heatmap_preview");
   const side = Math.min(LARGE_MAX_SIDE,
                         Math.ceil(Math.max(screen.width, screen.height) * devicePixelRatio));
-  return withQuery(item.artifacts.heatmap_png, `max_side=${side}`);
+  return artifactUrl(item, "heatmap_png", `inline=1&max_side=${side}`);
 }
 
 export class Viewer {
@@ -24,7 +29,6 @@ export class Viewer {
     this.items = [];
     this.position = 0;
     this.mode = "compare";
-    this.blobs = new BlobCache();
     this.build();
   }
 
@@ -80,8 +84,6 @@ export class Viewer {
   release() {
     this.depthView?.destroy();
     this.depthView = null;
-    this.blobs.release();
-    this.blobs = new BlobCache();
     this.stage.replaceChildren();
   }
 
@@ -107,33 +109,23 @@ export class Viewer {
     for (const [mode, button] of Object.entries(this.modes)) {
       button.setAttribute("aria-pressed", String(mode === this.mode));
     }
-    this.modes.depth3d.hidden = !item.artifacts.depth_png;
-    if (this.mode === "depth3d" && item.artifacts.depth_png) this.render3d(item);
+    const solid = Boolean(item.artifacts.depth_png && largePhoto(item));
+    this.modes.depth3d.hidden = !solid;
+    if (this.mode === "depth3d" && solid) this.render3d(item);
     else this.renderCompare(item);
   }
 
   renderCompare(item) {
-    const photo = largePhoto(item);
-    const { frame, slider } = compareFrame(item, this.blobs, largeHeatmap(item), photo);
+    const { frame, slider } = compareFrame(item, largeHeatmap(item), largePhoto(item));
     this.stage.replaceChildren(frame);
-    this.below.replaceChildren(slider, this.downloads(item));
+    this.below.replaceChildren(slider, downloads(item, LARGE_DOWNLOADS));
   }
 
   render3d(item) {
     const host = h("div", { class: "depth3d" });
     this.stage.replaceChildren(host);
-    this.depthView = new DepthView(host, item, this.blobs, largePhoto(item));
-    this.below.replaceChildren(this.depthView.controls, this.downloads(item));
-  }
-
-  downloads(item) {
-    const stem = stemOf(item);
-    const links = [["depth_png", "16-bit depth PNG", "depth.png"],
-                   ["heatmap_png", "Heatmap PNG", "heatmap.png"]]
-      .filter(([name]) => item.artifacts[name])
-      .map(([name, label, suffix]) =>
-        h("li", {}, downloadLink(item.artifacts[name], label, `${stem}.${suffix}`, this.blobs)));
-    return h("ul", { class: "downloads", "aria-label": `Downloads for ${item.name}` }, ...links);
+    this.depthView = new DepthView(host, item, largePhoto(item));
+    this.below.replaceChildren(this.depthView.controls, downloads(item, LARGE_DOWNLOADS));
   }
 
   onKey(event) {
