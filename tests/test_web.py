@@ -25,6 +25,7 @@ from depthfleet.shared.imaging.encode import decode_pfm
 from support import System, poll, running, s3_system, tiny_jpeg
 from webpage import (
     DESKTOP,
+    WAIT_MS,
     card,
     drop_files,
     followed_job,
@@ -115,6 +116,11 @@ def shows_batch(page: Page, job_id: str) -> None:
 
 def heatmap(page: Page, name: str) -> Locator:
     return card(page, name).get_by_role("img", name=f"Depth heatmap of {name}")
+
+
+def wait_done(page: Page, state: str = "Done") -> None:
+    """The batch finished (the first one of a session waits for the workers to warm up)."""
+    expect(page.locator("#job-state")).to_have_text(state, timeout=WAIT_MS)
 
 
 def viewer(page: Page) -> Locator:
@@ -252,7 +258,8 @@ def test_a_single_result_is_large_above_the_fold_and_opens_large(system, page, r
     wait_loaded(large)
     assert natural_size(large) == PHOTOS["coffee.jpg"]  # the screen is larger than the photo
     wait_loaded(viewer(page).get_by_role("img", name="Photo coffee.jpg"))
-    assert any("/heatmap.png?max_side=" in url for url in requested), requested
+    assert any(urlparse(url).path.endswith("/heatmap.png") and "max_side=" in urlparse(url).query
+               for url in requested), requested  # at the screen's size
     box = large.bounding_box()
     assert box and box["width"] >= 800, box
     page.keyboard.press("Escape")
@@ -271,7 +278,7 @@ def test_large_view_steps_with_keys_and_swipes_and_turns_in_3d(system, page, bro
     entries = [f"holiday/{name}" for name in names]
     for entry in entries:  # originals from the server, for archive entries too
         wait_loaded(card(page, entry).get_by_role("img", name=f"Photo {entry}"))
-    expect(page.locator("#job-state")).to_have_text("Done")
+    wait_done(page)
     screenshot(page, "batch-1280.png", docs=True)
 
     order = [card_name.strip() for card_name in page.locator("#items .card-name").all_inner_texts()]
@@ -384,8 +391,8 @@ def test_drops_anywhere_and_during_an_upload_are_sent(system, page):
     drop_files(page, "header", {"later.jpg": tiny_jpeg(2)})  # while the first is being sent
     expect(page.locator("#upload-queue")).to_have_text(
         "Waiting to send as the next batch: 1 file.")
-    page.unroute("**/v1/jobs")
     held.pop().continue_()
+    page.unroute("**/v1/jobs")
     wait_loaded(heatmap(page, "later.jpg"))  # the queued drop, as a batch of its own, after
     later = followed_job(page)
     expect(page.locator("#upload-queue")).to_be_hidden()
@@ -419,7 +426,7 @@ def test_a_full_queue_is_retried_after_the_servers_retry_after(system, page):
 def test_a_new_batch_starts_from_a_clean_status(system, page):
     page.goto(f"{system.api_url}/")
     first = upload(page, [PHOTOS_DIR / "coffee.jpg"])
-    expect(page.locator("#job-state")).to_have_text("Done")
+    wait_done(page)
     held: list[Route] = []
     status = re.compile(r"/v1/jobs/[0-9a-f]{32}$")
 
@@ -438,10 +445,10 @@ def test_a_new_batch_starts_from_a_clean_status(system, page):
     expect(page.locator("#job-counts")).not_to_contain_text("done")
     assert page.locator("#job-progress").evaluate("bar => bar.value") == 0
     expect(card(page, "coffee.jpg")).to_have_count(0)
-    page.unroute(status)
     for route in held:
         route.continue_()
-    expect(page.locator("#job-state")).to_have_text("Done")
+    page.unroute(status)
+    wait_done(page)
     wait_loaded(heatmap(page, "chelsea.jpg"))
 
 
@@ -454,13 +461,14 @@ def test_phone_targets_wording_pagers_and_swipes(system, browser, tmp_path):
         screenshot(page, "landing-390.png", docs=True)
 
         upload(page, photo_files(tmp_path, 13))
-        expect(page.locator("#job-state")).to_have_text("Done")
+        wait_done(page)
         wait_loaded(heatmap(page, "photo-011.jpg"))
         bottom = page.get_by_role("navigation", name="Result pages, bottom")
         expect(bottom).to_be_visible()
         expect(bottom).to_contain_text("Items 1–12 of 13")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert not small_targets(page), small_targets(page)
+        page.locator("#job-section").evaluate("section => section.scrollIntoView()")
         screenshot(page, "batch-390.png", docs=True)
         bottom.get_by_role("button", name="Next").click()
         expect(bottom).to_contain_text("Items 13–13 of 13")
@@ -522,7 +530,7 @@ def test_300_photo_batch_progress_updates_live(system, page, tmp_path):
     assert len({v for v in values if 0 < v < BATCH}) >= 2, values
     expect(page.locator("#job-counts")).to_contain_text(
         f"{BATCH} of {BATCH} done · {BATCH} succeeded · 0 failed")
-    expect(page.locator("#job-state")).to_have_text("Done")
+    wait_done(page)
     expect(page.locator("#job-live")).to_have_text(f"Done: {BATCH} of {BATCH} items done.")
     assert page.evaluate("window.sameDocument") is True  # never reloaded
 

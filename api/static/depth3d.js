@@ -90,7 +90,8 @@ export class DepthView {
 
   // iOS asks before a page may read the tilt, and only from a tap.
   offerTilt() {
-    if (typeof globalThis.DeviceOrientationEvent?.requestPermission !== "function") return;
+    if (typeof globalThis.DeviceOrientationEvent?.requestPermission !== "function" ||
+        !matchMedia("(pointer: coarse)").matches) return;
     const ask = h("button", { type: "button", class: "secondary small" }, "Turn by tilting");
     ask.addEventListener("click", async () => {
       ask.hidden = (await DeviceOrientationEvent.requestPermission()) === "granted";
@@ -221,11 +222,11 @@ class WebGlRenderer {
     const height = Math.round(canvas.clientHeight * scale) || 1;
     if (canvas.width !== width || canvas.height !== height) [canvas.width, canvas.height] = [width, height];
     gl.viewport(0, 0, width, height);
-    gl.clearColor(0.08, 0.07, 0.11, 1);
+    gl.clearColor(20 / 255, 18 / 255, 25 / 255, 1); // the large view's #141219
     gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
     gl.enable(gl.DEPTH_TEST);
     const aspect = width / height;
-    const distance = 1.25 * Math.max(this.half[1], this.half[0] / aspect) / Math.tan(FOV / 2) + 0.6;
+    const distance = 1.1 * Math.max(this.half[1], this.half[0] / aspect) / Math.tan(FOV / 2) + 0.6;
     const matrix = multiply(perspective(FOV, aspect, 0.1, 20),
                             rotations(view.yaw, view.pitch, distance));
     gl.uniformMatrix4fv(gl.getUniformLocation(this.program, "matrix"), false, matrix);

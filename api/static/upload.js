@@ -48,7 +48,9 @@ export class Uploader {
     try {
       const job = await this.sendUntilAccepted(files);
       if (job) {
-        say("upload-status", `Sent ${fileCount(files)} as a batch of ${job.total} item(s).`);
+        say("upload-status", job.ingesting
+          ? `Sent ${fileCount(files)}; the server is unpacking the archive into a batch.`
+          : `Sent ${fileCount(files)} as a batch of ${job.total} item(s).`);
         this.onCreated(job.id);
       } else {
         say("upload-status", "Not sent: you stopped retrying.");
