@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import requests
-from playwright.sync_api import Locator, Page, Route, expect
+from playwright.sync_api import Locator, Page, Response, Route, expect
 
 from conftest import BAD_DIR, PHOTOS_DIR
 from depthfleet.shared.artifacts import PREVIEW_SIDE, raw_depth, render_full_size
@@ -505,15 +505,15 @@ def test_a_page_of_twelve_12_megapixel_results_transfers_under_3_mb(system, brow
          lambda status: status["pending"] == 0, timeout=300)
 
     with tab(browser) as page:
-        finished = []
-        page.on("requestfinished", finished.append)
+        responses: list[Response] = []
+        page.on("response", lambda response: responses.append(response))
         page.goto(f"{system.api_url}/#job={job['id']}")
         for i in range(12):
             wait_loaded(heatmap(page, f"big-{i:02d}.jpg"))
             wait_loaded(card(page, f"big-{i:02d}.jpg").get_by_role("img",
                                                                    name=f"Photo big-{i:02d}.jpg"))
         page.wait_for_load_state("networkidle")
-        sizes = [request.sizes() for request in finished]
+        sizes = [response.request.sizes() for response in responses]
         total = sum(size["responseBodySize"] + size["responseHeadersSize"] for size in sizes)
         print(f"a page of twelve 12 MP results: {len(sizes)} responses, {total:,} bytes")
         assert total < PAGE_BUDGET, total
