@@ -257,7 +257,7 @@ def results_zip(job_id: str) -> Response:
     files = JobFiles(services.store(), services.storage(), status, outputs,
                      key_for=lambda record, name: _artifact_key(status, record, name, None),
                      offered=offered_artifacts)
-    response = Response(stream_with_context(zip_stream(files.members(), status.created_at)),
+    response = Response(stream_with_context(zip_stream(files.entries(), status.created_at)),
                         mimetype="application/zip", direct_passthrough=True)
     _disposition(response, f"depthfleet-{job_id}.zip", attachment=True)
     response.cache_control.no_store = True  # changes while the job runs
@@ -344,7 +344,8 @@ def _disposition(response: Response, filename: str, attachment: bool) -> None:
     """``Content-Disposition`` with ``filename`` (RFC 6266: an ASCII fallback, and the
     name itself as ``filename*`` when it is not ASCII)."""
     fallback = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
-    fallback = "".join(c for c in fallback if c.isprintable() and c not in '"\\') or "download"
+    fallback = "".join(c for c in fallback if c.isprintable() and c not in '"\\')
+    fallback = f"photo{fallback}" if fallback.startswith(".") or not fallback else fallback
     params = {"filename": fallback}
     if fallback != filename:
         params["filename*"] = "UTF-8''" + quote(filename, safe="")

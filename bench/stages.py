@@ -48,7 +48,7 @@ def stage_ms(settings: Settings, data: bytes, scratch: Path, runs: int) -> dict[
         "decode": lambda: decode_image(data, settings.max_pixels),
         "network (input + forward)": lambda: estimator.predict_raw(rgb),
         "upsample (for the depth range)": raw.at,
-        "compact set (3 artifacts)": lambda: make_compact(raw, rgb, COMPACT),
+        f"compact set ({len(COMPACT)} artifacts)": lambda: make_compact(raw, rgb, COMPACT),
         **{f"compact: {ARTIFACTS[name].filename}": (lambda n=name: make_compact(raw, rgb, [n]))
            for name in COMPACT},
         **{f"full-size: {ARTIFACTS[name].filename}": (lambda n=name: render_full_size(

@@ -19,7 +19,8 @@ HINTS = {
 
 OUTPUTS_HELP = {
     "write": "comma list of artifacts to write: the full-size depth_png, depth_pfm, heatmap_png "
-             "(default: these three) or the compact depth_raw, heatmap_preview, thumbnail; "
+             "(default: these three) or the compact depth_raw, heatmap_preview, thumbnail, "
+             "photo; "
              "depth_raw alone means the whole compact set (a few hundred KB per photo, from "
              "which 'depthfleet render' draws the full-size files later), other names are "
              "written exactly",

@@ -37,6 +37,9 @@ from depthfleet.shared.imaging.encode import (
 
 PREVIEW_SIDE = 512
 PHOTO_SIDE = 2048  # the large view's original: a 1280 px screen at 1.5x, a 2x one nearly
+# q80, not the previews' 85: a quarter smaller (a 640x640 photo: 59 KB, not 80), which keeps
+# small photos' results within issue #13's 300 KB, and looks the same at screen size.
+PHOTO_QUALITY = 80
 RAW_FORMAT = 1  # meta.json's "raw_format": how depth_raw is to be read and upsampled
 
 
@@ -107,7 +110,7 @@ def make_compact(raw: RawDepth, rgb: np.ndarray, names: Iterable[str]) -> dict[s
         "depth_raw": lambda: encode_float_tiff(raw.net),
         "heatmap_preview": lambda: encode_jpeg(heatmap_pixels(raw.at(PREVIEW_SIDE))),
         "thumbnail": lambda: encode_jpeg(thumbnail_pixels(rgb)),
-        "photo": lambda: encode_jpeg(thumbnail_pixels(rgb, PHOTO_SIDE)),
+        "photo": lambda: encode_jpeg(thumbnail_pixels(rgb, PHOTO_SIDE), PHOTO_QUALITY),
     }
     return {name: makers[name]() for name in check_names(names) if name in makers}
 

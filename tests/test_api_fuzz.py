@@ -66,7 +66,8 @@ BODY_KIND = {
     "health.healthz": "none", "health.readyz": "none", "health.metrics": "none",
     "jobs.create_job": "job", "jobs.get_job": "none", "jobs.list_items": "none",
     "jobs.manifest": "none", "jobs.artifact": "none", "jobs.cancel_job": "none",
-    "jobs.retry_job": "none", "uploads.check": "check", "uploads.presign": "presign",
+    "jobs.retry_job": "none", "jobs.list_jobs": "none", "jobs.results_zip": "none",
+    "uploads.check": "check", "uploads.presign": "presign",
     "uploads.put": "raw",
 }
 ARTIFACT_FILES = tuple(spec.filename for spec in ARTIFACTS.values())

@@ -17,6 +17,7 @@ from depthfleet.shared.artifacts import (
     BY_FILENAME,
     COMPACT,
     FULL_SIZE,
+    PHOTO_SIDE,
     PREVIEW_SIDE,
     check_names,
     make_compact,
@@ -52,9 +53,10 @@ def test_catalog_names_filenames_and_kinds() -> None:
         ("depth_raw", "depth_raw.tiff", "image/tiff", False),
         ("heatmap_preview", "heatmap_preview.jpg", "image/jpeg", False),
         ("thumbnail", "thumbnail.jpg", "image/jpeg", False),
+        ("photo", "photo.jpg", "image/jpeg", False),
     }
     assert FULL_SIZE == ("depth_png", "depth_pfm", "heatmap_png")
-    assert COMPACT == ("depth_raw", "heatmap_preview", "thumbnail")
+    assert COMPACT == ("depth_raw", "heatmap_preview", "thumbnail", "photo")
     assert BY_FILENAME["depth_raw.tiff"] == "depth_raw"
 
 
@@ -100,11 +102,12 @@ def test_previews_fit_in_the_preview_side(shape: tuple[int, int]) -> None:
     raw = RawDepth(rng.random((32, 32), dtype=np.float32), width, height)
     made = make_compact(raw, rgb, COMPACT)
     assert set(made) == set(COMPACT)
-    for name in ("heatmap_preview", "thumbnail"):
+    for name, side in (("heatmap_preview", PREVIEW_SIDE), ("thumbnail", PREVIEW_SIDE),
+                       ("photo", PHOTO_SIDE)):
         with Image.open(io.BytesIO(made[name])) as image:
             assert image.format == "JPEG"
-            assert max(image.size) <= PREVIEW_SIDE
-            assert max(image.size) >= min(max(shape), PREVIEW_SIDE) // 2  # not needlessly small
+            assert max(image.size) <= side
+            assert max(image.size) >= min(max(shape), side) // 2  # not needlessly small
             ratio = image.size[0] / image.size[1]
             assert abs(ratio - width / height) <= 0.05 * width / height or min(image.size) <= 2
 

@@ -13,6 +13,9 @@ S3 over HTTP) with two tenants shows that:
 4. signed ``links`` open without an API key (``?download=1`` names the file after the photo)
    and nothing else does;
 5. a 2,500-item job's results.zip streams with flat API memory.
+
+About 5 minutes on 2 cores: the workers take ~2 of them for the 2,500 items (25 computed,
+the rest reused), and reading 10,000 objects back from moto for the ZIP ~2 more.
 """
 
 from __future__ import annotations
@@ -314,14 +317,15 @@ def test_altered_or_expired_links_are_refused(system, mixed_job):
     final, job_items = mixed_job
     link = by_name(job_items)["coffee.jpg"]["links"]["thumbnail"]
     query = {k: v[0] for k, v in parse_qs(urlparse(link).query).items()}
-    assert query["tenant"] == "alice" and int(query["expires"]) >= time.time() + 3600
+    assert query["tenant"] == "alice" and int(query["expires"]) >= time.time() + 3600 - 60
     for changed in ({"tenant": "bob"}, {"expires": str(int(query["expires"]) + 60)},
                     {"sig": "0" * 64}, {"expires": "soon"}):
         response = get(_with_query(link, **changed), {})
         assert response.status_code == 401, changed
         assert response.json()["error"]["code"] == "invalid_link"
-    other_item = link.replace("/items/0/", "/items/1/")
-    assert get(other_item, {}).status_code == 401
+    index = by_name(job_items)["coffee.jpg"]["index"]
+    other_item = link.replace(f"/items/{index}/", f"/items/{index + 1}/")
+    assert other_item != link and get(other_item, {}).status_code == 401
     path = urlparse(link).path
     expired = int(time.time()) - 5
     stale = _with_query(link, expires=str(expired),

@@ -173,11 +173,12 @@ def test_manifest_streams_one_line_per_item(system):
 def test_max_side_and_outputs_options(system):
     job = _submit(system, [PHOTOS_DIR / "coffee.jpg"],
                   options={"outputs": ["depth_png"], "max_side": 300})
-    assert job["options"]["outputs"] == ["depth_png", "depth_raw", "heatmap_preview", "thumbnail"]
+    assert job["options"]["outputs"] == ["depth_png", "depth_raw", "heatmap_preview", "thumbnail",
+                                         "photo"]
     assert _wait(system, job["id"])["status"] == "succeeded"
     item = _items(system, job["id"])[0]
     assert set(item["artifacts"]) == {"depth_png", "depth_pfm", "heatmap_png", "depth_raw",
-                                      "heatmap_preview", "thumbnail"}  # the others rendered on read
+                                      "heatmap_preview", "thumbnail", "photo"}  # others on read
     png = cv2.imdecode(np.frombuffer(_get(item["artifacts"]["depth_png"]), np.uint8),
                        cv2.IMREAD_UNCHANGED)
     assert png.shape == (200, 300)
