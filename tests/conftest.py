@@ -215,3 +215,21 @@ def _claim_redis_db(claims: Any, owner: str, hold_seconds: int = 3600) -> int:
                 return db
         time.sleep(1)
     raise RuntimeError("every Redis test database 1..15 stayed claimed for 10 minutes")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright (``tests/webpage.py``), one per test module."""
+    from webpage import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh 1280 x 800 tab of ``browser`` with its own sessionStorage."""
+    from webpage import tab
+
+    with tab(browser) as opened:
+        yield opened

@@ -51,6 +51,7 @@ async function send(url, options = {}) {
 }
 
 export const getJson = async (url) => (await send(url)).json();
+export const keyInUse = () => Boolean(apiKey.get());
 export const deleteJson = async (url) => (await send(url, { method: "DELETE" })).json();
 export const fetchBlob = async (url) => (await send(url)).blob();
 

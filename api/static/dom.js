@@ -10,6 +10,6 @@ export const byId = (id) => document.getElementById(id);
 
 /** Show ``text`` in the element ``id``; an empty text hides it, so no blank boxes linger. */
 export function say(id, text) {
-  byId(id).textContent = text;
+  if (byId(id).textContent !== text) byId(id).textContent = text; // a live region: no repeats
   byId(id).hidden = !text;
 }

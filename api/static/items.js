@@ -1,7 +1,7 @@
-// One card per item: the photo beside its heatmap with a compare slider and downloads, or the
+// One card per item: the photo under its heatmap with a compare slider and downloads, or the
 // item's state and, when it failed, why. The grid shows the stored compact previews (longer side
-// at most 512 px); full-size files are rendered by the API when they are asked for.
-import { fetchBlob, sameOrigin } from "./api.js";
+// at most 512 px); larger files only in the large view (viewer.js) or when downloaded.
+import { fetchBlob, keyInUse, sameOrigin } from "./api.js";
 import { h } from "./dom.js";
 import { describe, reasonBlock } from "./reasons.js";
 
@@ -10,7 +10,8 @@ const WAITING_TEXT = {
   running: "Computing depth…",
   cancelled: "Cancelled before it started.",
 };
-const DOWNLOADS = [
+const PREVIEW_SIDE = 512;
+export const DOWNLOADS = [
   ["depth_png", "16-bit depth PNG", "depth.png"],
   ["depth_pfm", "Depth PFM (float32)", "depth.pfm"],
   ["heatmap_png", "Heatmap PNG", "heatmap.png"],
@@ -18,15 +19,18 @@ const DOWNLOADS = [
   ["parallax_mp4", "Parallax video (MP4)", "parallax.mp4"],
   ["mesh_glb", "3D relief mesh (glTF .glb)", "mesh.glb"],
 ];
-// The larger heatmap: as large as the screen shows it, never more than a 4 MP render.
-const ZOOM_MAX_SIDE = 2048;
 
-// Artifacts through the API itself: <img> cannot send the bearer key, and the default 302 to
-// presigned storage URLs would be a cross-origin fetch.
-const withQuery = (url, query) => `${url}${url.includes("?") ? "&" : "?"}${query}`;
-const inline = (url) => withQuery(url, "inline=1");
+// Images and downloads use the signed ``links`` (plain URLs on a keyless server): an <img> or
+// an <a href> opened in a new tab cannot send the bearer key. ``inline=1`` has the API send the
+// bytes itself rather than redirect to storage, another origin this page may not load from.
+export const withQuery = (url, query) => `${url}${url.includes("?") ? "&" : "?"}${query}`;
 
-/** API URL -> promise of a blob: URL, revoked together when the cards using them go. */
+/** The address of the item's artifact ``name`` that opens without the key, plus ``query``. */
+export function artifactUrl(item, name, query = "inline=1") {
+  return sameOrigin(withQuery(item.links?.[name] ?? item.artifacts[name], query));
+}
+
+/** API URL -> promise of a blob: URL, for the few files that need the key (the manifest). */
 export class BlobCache {
   constructor() {
     this.urls = new Map();
@@ -51,11 +55,16 @@ export class BlobCache {
 
 export const cardKey = (item) => `${item.index}:${item.status}`;
 
-export function renderCard(item, photoUrl, blobs) {
+/** The photo's name without folders or extension, for file names ("chelsea.depth.png"). */
+export const stemOf = (item) =>
+  item.name.split("/").pop().replace(/\.[^.]*$/, "") || `item-${item.index}`;
+
+/** ``onOpen()`` shows the item in the large view. */
+export function renderCard(item, onOpen) {
   const card = h("li", { class: "card", "data-key": cardKey(item), "data-status": item.status },
                  h("h4", { class: "card-name", title: item.name }, item.name));
   if (item.status === "succeeded") {
-    card.append(comparison(item, photoUrl, blobs), downloads(item, blobs));
+    card.append(comparison(item, onOpen), downloads(item));
   } else if (item.status === "failed") {
     card.append(reasonBlock(item.error));
   } else {
@@ -64,105 +73,106 @@ export function renderCard(item, photoUrl, blobs) {
   return card;
 }
 
-function comparison(item, photoUrl, blobs) {
+function comparison(item, onOpen) {
   const caption = h("figcaption", {}, `${item.width} × ${item.height} px`);
-  const source = item.artifacts.heatmap_preview ?? item.artifacts.heatmap_png; // older results
-  if (!source) {
+  const heatmap = ["heatmap_preview", "heatmap_png"].find((name) => item.artifacts[name]); // older
+  if (!heatmap) {
     return h("figure", { class: "compare" },
              h("p", { class: "card-state" }, "No heatmap was requested for this item."), caption);
   }
-  const heatmap = h("img", { class: "heatmap", alt: `Depth heatmap of ${item.name}` });
-  const frame = h("div", { class: "frame" }, heatmap);
-  frame.style.aspectRatio = `${item.width} / ${item.height}`;
-  const state = h("p", { class: "card-state" });
-  const figure = h("figure", { class: "compare" }, frame, state, caption);
-  showArtifact(heatmap, source, blobs, state, "heatmap");
-  const photo = photoSource(item, photoUrl, blobs);
-  if (photo) addPhoto(figure, frame, photo, item.name);
-  if (item.artifacts.heatmap_png) caption.append(zoomButton(item, blobs));
-  return figure;
+  const photo = previewPhoto(item);
+  const preview = heatmap === "heatmap_png" ? `inline=1&max_side=${PREVIEW_SIDE}` : "inline=1";
+  const { frame, slider } = compareFrame(item, artifactUrl(item, heatmap, preview),
+                                         photo && artifactUrl(item, photo));
+  frame.addEventListener("click", (event) => event.target.closest("input") || onOpen());
+  const enlarge = h("button", { type: "button", class: "secondary small",
+                                "aria-label": `Enlarge ${item.name}` }, "Enlarge");
+  enlarge.addEventListener("click", onOpen);
+  caption.append(enlarge);
+  return h("figure", { class: "compare" }, frame, slider, caption);
 }
 
-async function showArtifact(img, source, blobs, state, what) {
+// The grid's photo: the stored preview (a JPEG of ≤ 512 px even for HEIC, TIFF and archive
+// entries); results from before previews were stored have none, and the card says so.
+const previewPhoto = (item) => ["thumbnail", "photo"].find((name) => item.artifacts[name]);
+
+/**
+ * The photo under its heatmap, with a slider for the divider (photo left, depth right); the
+ * grid and the large view both use it. ``photoUrl`` may be missing: the heatmap alone, said.
+ */
+export function compareFrame(item, heatmapUrl, photoUrl) {
+  const heatmap = h("img", { class: "heatmap", alt: `Depth heatmap of ${item.name}`,
+                             draggable: "false" });
+  const state = h("p", { class: "card-state" });
+  const frame = h("div", { class: "frame" }, heatmap, state);
+  frame.style.aspectRatio = `${item.width} / ${item.height}`;
+  frame.style.setProperty("--ratio", String(item.width / item.height));
+  showImage(heatmap, heatmapUrl, state, "heatmap");
+  if (!photoUrl) {
+    return { frame, slider: h("p", { class: "card-state" },
+                              "No photo preview was stored for this older result.") };
+  }
+  const photo = h("img", { class: "photo", alt: `Photo ${item.name}`, draggable: "false" });
+  const photoState = h("p", { class: "card-state" });
+  const input = h("input", { type: "range", min: "0", max: "100", value: "50",
+                             "aria-label": `Share of the photo shown for ${item.name}` });
+  const slider = h("div", { class: "slider-row" }, h("span", { "aria-hidden": "true" }, "Photo"),
+                   input, h("span", { "aria-hidden": "true" }, "Depth"));
+  const split = () => {
+    frame.style.setProperty("--split", `${input.value}%`);
+    input.setAttribute("aria-valuetext", `${input.value}% photo, ${100 - input.value}% depth`);
+  };
+  input.addEventListener("input", split);
+  frame.prepend(photo);
+  frame.append(photoState);
+  showImage(photo, photoUrl, photoState, "photo").then((shown) => {
+    if (!shown) slider.hidden = true;
+  });
+  split();
+  return { frame, slider };
+}
+
+/** A decoded image of ``url``. */
+export async function loadImage(url) {
+  const image = new Image();
+  image.src = url;
+  await image.decode();
+  return image;
+}
+
+/** Fill ``img`` from ``url``, saying so while it loads or if it cannot; true once decoded. */
+export async function showImage(img, url, state, what) {
   state.textContent = `Loading ${what}…`;
+  img.src = url;
   try {
-    img.src = await blobs.url(inline(source));
     await img.decode();
     state.textContent = "";
-  } catch (err) {
-    state.textContent = `Could not load the ${what}: ${err.message}`;
+    return true;
+  } catch {
+    img.hidden = true;
+    state.textContent = `Could not load the ${what}; reload the page to try again.`;
     state.classList.add("error");
+    return false;
   }
 }
 
-// The stored thumbnail: small, and a JPEG even for HEIC or TIFF originals and archive entries;
-// else the original picked in this tab, if any.
-function photoSource(item, photoUrl, blobs) {
-  const thumbnail = item.artifacts.thumbnail;
-  if (!thumbnail) return photoUrl && Promise.resolve(photoUrl);
-  const fetched = blobs.url(inline(thumbnail));
-  return photoUrl ? fetched.catch(() => photoUrl) : fetched;
-}
-
-// The photo sits under the heatmap; the slider is the divider: photo on its left, depth right.
-function addPhoto(figure, frame, pendingUrl, name) {
-  const photo = h("img", { class: "photo", alt: `Photo ${name}` });
-  const slider = h("input", { type: "range", min: "0", max: "100", value: "50",
-                              "aria-label": `Share of the photo shown for ${name}` });
-  const row = h("div", { class: "slider-row" }, h("span", { "aria-hidden": "true" }, "Photo"),
-                slider, h("span", { "aria-hidden": "true" }, "Depth"));
-  const split = () => {
-    frame.style.setProperty("--split", `${slider.value}%`);
-    slider.setAttribute("aria-valuetext", `${slider.value}% photo, ${100 - slider.value}% depth`);
-  };
-  const unavailable = (text) => { // the heatmap alone
-    photo.remove();
-    row.replaceWith(h("p", { class: "card-state" }, text));
-  };
-  slider.addEventListener("input", split);
-  photo.addEventListener("error", () => unavailable("This browser cannot show the photo."));
-  pendingUrl.then((url) => { photo.src = url; },
-                  (err) => unavailable(`Could not load the photo: ${err.message}`));
-  frame.prepend(photo);
-  figure.insertBefore(row, frame.nextSibling);
-  split();
-}
-
-/** A button that opens the heatmap in a dialog, rendered by the API to fit this screen. */
-function zoomButton(item, blobs) {
-  const button = h("button", { type: "button", class: "secondary small",
-                               "aria-label": `View larger heatmap of ${item.name}` },
-                   "View larger");
-  button.addEventListener("click", () => showLarger(item, blobs));
-  return button;
-}
-
-function showLarger(item, blobs) {
-  const side = Math.min(ZOOM_MAX_SIDE,
-                        Math.ceil(Math.max(screen.width, screen.height) * devicePixelRatio));
-  const image = h("img", { alt: `Larger depth heatmap of ${item.name}` });
-  const state = h("p", { class: "card-state" });
-  const close = h("button", { type: "submit" }, "Close");
-  const dialog = h("dialog", { class: "zoom", "aria-label": `Heatmap of ${item.name}` },
-                   image, state, h("form", { method: "dialog" }, close));
-  dialog.addEventListener("close", () => dialog.remove());
-  document.body.append(dialog);
-  dialog.showModal();
-  showArtifact(image, withQuery(item.artifacts.heatmap_png, `max_side=${side}`), blobs, state,
-               "larger heatmap");
-}
-
-function downloads(item, blobs) {
-  const stem = item.name.split("/").pop().replace(/\.[^.]*$/, "") || `item-${item.index}`;
-  const links = DOWNLOADS.filter(([name]) => item.artifacts[name]).map(([name, label, suffix]) =>
-    h("li", {}, downloadLink(inline(item.artifacts[name]), label, `${stem}.${suffix}`, blobs)));
+/** Links saving the item's files under the photo's name ("chelsea.depth.png"). */
+export function downloads(item, choices = DOWNLOADS) {
+  const stem = stemOf(item);
+  const links = choices.filter(([name]) => item.artifacts[name]).map(([name, label, suffix]) =>
+    h("li", {}, savedLink(h("a", {}, label), artifactUrl(item, name, "download=1"),
+                          `${stem}.${suffix}`)));
   return h("ul", { class: "downloads", "aria-label": `Downloads for ${item.name}` }, ...links);
 }
 
-/** A real link to the API URL; a click fetches it with the key and saves it from a blob: URL. */
-export function downloadLink(source, label, filename, blobs) {
-  const link = h("a", { href: sameOrigin(source), download: filename }, label);
-  link.addEventListener("click", (event) => saveThroughFetch(event, link, source, blobs));
+/**
+ * Point ``link`` at ``url``, saved as ``filename``. Signed URLs open anywhere, a new tab too;
+ * one the API only answers with the key (give ``blobs``) is fetched with it on a click.
+ */
+export function savedLink(link, url, filename, blobs = null) {
+  link.href = url;
+  link.download = filename;
+  link.onclick = blobs && keyInUse() ? (event) => saveThroughFetch(event, link, url, blobs) : null;
   return link;
 }
 
