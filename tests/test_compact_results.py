@@ -66,6 +66,7 @@ API_SIDE = 777  # a second size, checked against render_full_size of the served 
 INLINE_MAX_PIXELS = 2_000_000  # bigger photos are fetched redirected only (24 MP PFM: 96 MB)
 COMPACT_FILES = {ARTIFACTS[name].filename for name in COMPACT} | {"meta.json"}
 FULL_FILES = {ARTIFACTS[name].filename for name in FULL_SIZE}
+OFFERED = {*COMPACT, *FULL_SIZE}  # per item of a job without 3D outputs
 JOB_TIMEOUT = 300
 
 
@@ -272,7 +273,7 @@ def test_full_size_renders_match_predict(system, reference_job, predicted):
         span = reference["depth_max"] - reference["depth_min"] or 1.0
         for end in ("depth_min", "depth_max"):
             assert abs(item[end] - reference[end]) <= 1e-6 * span, (name, end)
-        assert set(item["artifacts"]) == set(ARTIFACTS), name
+        assert set(item["artifacts"]) == OFFERED, name
         for artifact in FULL_SIZE:
             filename, url = ARTIFACTS[artifact].filename, item["artifacts"][artifact]
             served = via_storage(system, url)
@@ -334,7 +335,7 @@ def test_stored_full_size_outputs_get_their_own_folder(system, alice, reference_
                             {"outputs": ["depth_png", "heatmap_png"]})
     assert status["options"]["outputs"] == ["depth_png", "heatmap_png", *COMPACT]
     item = items["coffee.jpg"]
-    assert set(item["artifacts"]) == set(ARTIFACTS)
+    assert set(item["artifacts"]) == OFFERED
 
     listing = s3_listing(system, results)
     assert {key.removeprefix(results).split("/")[0] for key in listing} == \

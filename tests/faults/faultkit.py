@@ -30,7 +30,7 @@ import requests
 
 from depthfleet.client import Client
 from depthfleet.local import _spawn, free_port, start_redis, wait_until
-from depthfleet.shared.artifacts import ARTIFACTS, COMPACT
+from depthfleet.shared.artifacts import ARTIFACTS, COMPACT, FULL_SIZE
 from depthfleet.shared.jobs import JobStore, connect
 from support import System, poll, tiny_jpeg
 
@@ -250,6 +250,9 @@ def all_items(client: Client, job_id: str) -> list[dict[str, Any]]:
 # -- exactly once ----------------------------------------------------------------------------
 # What a worker stores by default: the compact set and meta.json (full size renders on read).
 ARTIFACT_FILES = {*(ARTIFACTS[name].filename for name in COMPACT), "meta.json"}
+# What a default job offers per item: the compact set stored, full size rendered on read (the
+# 3D artifacts only when asked for).
+OFFERED = {*COMPACT, *FULL_SIZE}
 
 
 def assert_each_item_once(deployment: Deployment, client: Client, job_id: str, count: int,
@@ -266,7 +269,7 @@ def assert_each_item_once(deployment: Deployment, client: Client, job_id: str, c
         (count, count, 0, 0), status
     items = all_items(client, job_id)
     assert sorted(item["index"] for item in items) == list(range(count))
-    assert all(item["status"] == "succeeded" and set(item["artifacts"]) == set(ARTIFACTS)
+    assert all(item["status"] == "succeeded" and set(item["artifacts"]) == OFFERED
                for item in items)
     digests = {item["sha256"] for item in items}
     assert len(digests) == count, "inputs must be distinct for this check"
