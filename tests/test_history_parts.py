@@ -7,14 +7,12 @@ import io
 import threading
 import time
 import zipfile
-from types import SimpleNamespace
 
 import pytest
 import redis
 
 from depthfleet.api.bundle import Entry, opened_ahead, zip_stream
 from depthfleet.outputs import output_stems, relative_names
-from depthfleet.shared import jobs
 from depthfleet.shared.jobs import JobCursor, JobStore, NewItem
 
 
@@ -26,9 +24,13 @@ def store(redis_db_url) -> JobStore:
     return JobStore(client, 3600)
 
 
-def _create(store: JobStore, tenant: str, at: float, monkeypatch) -> str:
-    monkeypatch.setattr(jobs, "time", SimpleNamespace(time=lambda: at))  # this module's clock
-    return store.create_job(tenant, [NewItem(name="a.jpg", source="k")], {}).job_id
+def _create(store: JobStore, tenant: str, at: float) -> str:
+    """A job created at ``at``: the store stamps Redis's clock (``TIME``), so the creation
+    time is set afterwards where the list reads it, to make instants that coincide."""
+    job_id = store.create_job(tenant, [NewItem(name="a.jpg", source="k")], {}).job_id
+    store.redis.zadd(store._tenant_key(tenant), {job_id: at})
+    store.redis.hset(store.job_key(job_id), "created_at", at)
+    return job_id
 
 
 def _all_pages(store: JobStore, tenant: str, limit: int) -> list[str]:
@@ -42,10 +44,10 @@ def _all_pages(store: JobStore, tenant: str, limit: int) -> list[str]:
         cursor = JobCursor.parse(str(cursor))  # as a client sends it back
 
 
-def test_pages_hold_every_job_once_newest_first_even_created_in_one_instant(store, monkeypatch):
-    same = [_create(store, "alice", 1000.0, monkeypatch) for _ in range(5)]
-    later = [_create(store, "alice", 1000.0 + n, monkeypatch) for n in (1, 2, 3)]
-    _create(store, "bob", 1500.0, monkeypatch)
+def test_pages_hold_every_job_once_newest_first_even_created_in_one_instant(store):
+    same = [_create(store, "alice", 1000.0) for _ in range(5)]
+    later = [_create(store, "alice", 1000.0 + n) for n in (1, 2, 3)]
+    _create(store, "bob", 1500.0)
     expected = later[::-1] + sorted(same, reverse=True)  # one instant: by id, descending
     for limit in (1, 2, 3, 8, 100):
         assert _all_pages(store, "alice", limit) == expected, limit
@@ -53,8 +55,8 @@ def test_pages_hold_every_job_once_newest_first_even_created_in_one_instant(stor
     assert cursor is None, "no empty last page"
 
 
-def test_expired_jobs_are_skipped_and_dropped(store, monkeypatch):
-    ids = [_create(store, "alice", 2000.0 + n, monkeypatch) for n in range(6)]
+def test_expired_jobs_are_skipped_and_dropped(store):
+    ids = [_create(store, "alice", 2000.0 + n) for n in range(6)]
     for job_id in ids[1:5]:  # as the TTL would
         store.redis.delete(store.job_key(job_id), store.items_key(job_id))
     page, cursor = store.job_page("alice", 1)

@@ -133,3 +133,10 @@ def test_error_answers_fit_the_error_schema(app):
         assert response.status_code in (400, 401, 404)
         assert openapi_problems(response.get_json(), "Error") == []
     assert openapi_problems({"error": {"code": "Not Found"}}, "Error") != []
+
+
+def test_artifact_names_are_the_catalogs(served):
+    """A new artifact in shared.artifacts fails here until the document names it too."""
+    from depthfleet.shared.artifacts import ARTIFACTS
+
+    assert served["components"]["schemas"]["ArtifactName"]["enum"] == list(ARTIFACTS)

@@ -26,7 +26,7 @@ ALICE = {"Authorization": f"Bearer {KEYS['alice']}"}
 BOB = {"Authorization": f"Bearer {KEYS['bob']}"}
 PRESIGN_SECONDS = 60
 PUBLIC = {"static", "web.static", "health.healthz", "health.readyz", "health.metrics",
-          "web.index"}
+          "web.index", "openapi.openapi_json"}
 NOT_FOUND = {"error": {"code": "not_found", "message": "no such job"}}
 
 
@@ -56,6 +56,7 @@ def test_every_route_is_isolated_between_tenants(tenants):
     api = deployment.system.api_url
     job_values = {"job_id": job_id, "index": "0", "filename": "depth.png"}
     scoped = {"jobs.create_job": _create_job_cannot_reach_other_tenant,
+              "jobs.list_jobs": _job_list_is_own,
               "uploads.check": _check_does_not_reveal_other_uploads,
               "uploads.put": _put_stores_in_own_folder,
               "uploads.presign": _presign_is_own_and_short}
@@ -68,7 +69,7 @@ def test_every_route_is_isolated_between_tenants(tenants):
         else:
             assert rule.endpoint in scoped, f"unclassified route {method} {rule.rule}"
             scoped[rule.endpoint](api, deployment, digest)
-    for path in ("/healthz", "/readyz", "/metrics", "/"):
+    for path in ("/healthz", "/readyz", "/metrics", "/", "/v1/openapi.json"):
         assert requests.get(api + path, timeout=10).status_code == 200, path
 
 
@@ -101,6 +102,17 @@ def _create_job_cannot_reach_other_tenant(api: str, deployment, digest: str) -> 
     wait_finished(bob, job["id"])
     item = bob.items(job["id"])["items"][0]
     assert item["status"] == "failed" and item["error"]["code"] == "source_missing", item
+
+
+def _job_list_is_own(api: str, deployment, digest: str) -> None:
+    def listed(headers: dict[str, str]) -> set[str]:
+        answer = requests.get(f"{api}/v1/jobs?limit=100", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return {job["id"] for job in answer.json()["jobs"]}
+
+    alices = listed(ALICE)
+    assert alices and not alices & listed(BOB)
+    assert requests.get(f"{api}/v1/jobs", timeout=10).status_code == 401
 
 
 def _check_does_not_reveal_other_uploads(api: str, deployment, digest: str) -> None:
