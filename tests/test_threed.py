@@ -323,7 +323,7 @@ def test_the_texture_is_capped() -> None:
 # -- options ---------------------------------------------------------------------------------
 def test_options_are_checked_and_filled_in() -> None:
     assert parse_options({"outputs": ["parallax_mp4", "mesh_glb"]}) == {
-        "outputs": ["depth_raw", "heatmap_preview", "thumbnail", "parallax_mp4", "mesh_glb"],
+        "outputs": [*COMPACT, "parallax_mp4", "mesh_glb"],
         "max_side": None, "parallax": {"motion": 0.03, "path": "circle"},
         "mesh": {"vertices": 65_536, "relief": 0.2}}
     assert parse_options('{"outputs": ["parallax_mp4"], "parallax": {"path": "vertical"}}')[
@@ -391,7 +391,8 @@ def test_a_job_gives_each_photo_a_video_and_a_mesh_through_the_api_and_the_page(
     as the web page uses it; then the page offers both files for download."""
     from playwright.sync_api import sync_playwright
 
-    from test_web import CHROMIUM, CHROMIUM_ARGS, card, download
+    from test_web import download
+    from webpage import CHROMIUM, CHROMIUM_ARGS, card
 
     system = s3_system(tmp_path, redis_db_url, s3_server, checkpoint_path, "depthfleet-threed")
     photos = [PHOTOS_DIR / "chelsea.jpg", PHOTOS_DIR / "grace_hopper.jpg"]
