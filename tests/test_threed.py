@@ -389,10 +389,8 @@ def test_a_job_gives_each_photo_a_video_and_a_mesh_through_the_api_and_the_page(
         tmp_path, redis_db_url, s3_server, checkpoint_path) -> None:
     """The real fleet (API, two worker processes, Redis, S3 over HTTP), keyless on loopback
     as the web page uses it; then the page offers both files for download."""
-    from playwright.sync_api import sync_playwright
-
     from test_web import download
-    from webpage import CHROMIUM, CHROMIUM_ARGS, card
+    from webpage import card, chromium, tab
 
     system = s3_system(tmp_path, redis_db_url, s3_server, checkpoint_path, "depthfleet-threed")
     photos = [PHOTOS_DIR / "chelsea.jpg", PHOTOS_DIR / "grace_hopper.jpg"]
@@ -420,10 +418,7 @@ def test_a_job_gives_each_photo_a_video_and_a_mesh_through_the_api_and_the_page(
             assert len(mesh.vertices) <= 65_536
             assert mesh.visual.material.baseColorTexture.size == (item["width"], item["height"])
 
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                 args=CHROMIUM_ARGS)
-            page = browser.new_context(accept_downloads=True).new_page()
+        with chromium() as browser, tab(browser) as page:
             page.goto(f"{system.api_url}/#job={job['id']}")
             chelsea = card(page, "chelsea.jpg")
             filename, data = download(page, chelsea.get_by_role("link", name="Parallax video (MP4)"))
@@ -431,7 +426,6 @@ def test_a_job_gives_each_photo_a_video_and_a_mesh_through_the_api_and_the_page(
             filename, data = download(page, chelsea.get_by_role(
                 "link", name="3D relief mesh (glTF .glb)"))
             assert filename == "chelsea.mesh.glb" and len(loaded(data).vertices) <= 65_536
-            browser.close()
 
         again = client.submit_files(photos[:1], {"outputs": outputs, "parallax": {"motion": 0.06}})
         final = poll(lambda: client.status(again["id"]), lambda s: s["pending"] == 0, 300)
